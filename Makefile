@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make smoke` (the tiny pipeline) and `make test`.
+# Every target sets itself up through `install`, which is quick when nothing changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/smoke
+export PATH := $(abspath $(BIN)):$(PATH)
+# CPU-only machines: keep DeepSpeed and torch quiet and single-threaded per rank where it matters.
+export TOKENIZERS_PARALLELISM := false
+export WANDB_MODE ?= offline
+
+.PHONY: install test test-fast smoke smoke-3d smoke-moe plan-gpt3 bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is pinned to the CPU build on these machines (an unpinned torch pulls CUDA wheels)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not distributed and not e2e"
+
+smoke: install
+	$(BIN)/orchestrate models
+	$(BIN)/orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5
+
+plan-gpt3: install
+	$(BIN)/orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5
+	$(BIN)/orchestrate config --model gpt3-175b --gpus 1024 --gpu a100-80g -o ds_configs/gpt3-175b-1024xa100-80g.json
+
+clean:
+	rm -rf $(VENV) runs .cache .pytest_cache

@@ -1,0 +1,2 @@
+"""GPT Orchestrator."""
+__version__ = "0.1.0"

@@ -1,0 +1,225 @@
+"""The run config: what to train, on what, and how each of the four phases runs.
+
+A recipe (YAML) fills these dataclasses; ``load_run_config`` applies the one precedence
+defaults < recipe < ``--set`` overrides and refuses unknown keys and wrong types.
+Hyperparameters live here with InstructGPT / GPT-3 values as documented defaults, scaled down
+where the tiny model needs it; trainers read them, never hard-code them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from orchestrator.config.loader import ConfigError, apply_overrides, from_dict, load_file, to_dict
+from orchestrator.config.model import GPTConfig, get_model
+from orchestrator.plan.layout import Layout
+
+PHASES = ("pretrain", "sft", "reward", "ppo")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the job runs. ``gpu: cpu`` runs ranks as processes on this machine (gloo)."""
+
+    gpu: str = "cpu"
+    """Cluster preset name (cpu, a100-40g, a100-80g, h100-80g, h200)."""
+    nodes: int = 1
+    gpus_per_node: int = 1
+    """Ranks per node (GPUs, or CPU processes for gpu: cpu)."""
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How each phase process is started."""
+
+    launcher: Literal["deepspeed", "torchrun", "accelerate"] = "deepspeed"
+    multinode: Literal["pdsh", "openmpi", "slurm", "no_ssh"] = "pdsh"
+    """The deepspeed launcher's multi-node backend (``--launcher``), or ``no_ssh`` with --node_rank."""
+    hostfile: Optional[str] = None
+    """``host slots=N`` lines; required when nodes > 1."""
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables every node needs; written to ``.deepspeed_env``."""
+    timeout_minutes: int = 10
+    """Collective timeout: a dead rank fails the job instead of hanging it."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One pretraining corpus: local files read through ``datasets``."""
+
+    name: str = "embedded"
+    path: str = "embedded"
+    """A file, a directory or a glob of .txt/.jsonl/.parquet; ``embedded`` is the shipped corpus."""
+    weight: float = 1.0
+    """Sampling probability in the mixture (normalised over all sources)."""
+    text_field: str = "text"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    tokenizer: str = "train"
+    """``train``: a byte-level BPE trained on the corpus and cached; else a local HF tokenizer directory."""
+    vocab_size: int = 2048
+    """Vocabulary of the trained BPE; the model's vocab must be at least this."""
+    eval_fraction: float = 0.02
+    """Share of packed blocks held out for evaluation."""
+    cache_dir: str = ".cache/orchestrator"
+    task_dir: Optional[str] = None
+    """SFT / RM / PPO JSONL files; None: generate the shipped oracle task into the run directory."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay (GPT-3, Brown et al. 2020, §B)."""
+
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr × min_lr_ratio (GPT-3: 10%)."""
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The shared train loop's cadence."""
+
+    steps: int = 100
+    """Optimizer steps."""
+    seq_len: int = 128
+    log_every: int = 10
+    eval_every: int = 50
+    eval_batches: int = 4
+    save_every: int = 50
+    max_bad_steps: int = 3
+    """NaN/inf losses in a row before the run stops (each one skips its step)."""
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """What every phase has: a layout, an optimizer and a loop."""
+
+    layout: Layout = field(default_factory=Layout)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+@dataclass(frozen=True)
+class PretrainConfig(PhaseConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class SFTConfig(PhaseConfig):
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=5))
+
+
+@dataclass(frozen=True)
+class RewardConfig(PhaseConfig):
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=5))
+    k: int = 4
+    """Responses ranked per prompt (InstructGPT: 4 to 9)."""
+
+
+@dataclass(frozen=True)
+class PPOConfig(PhaseConfig):
+    """PPO-ptx (Ouyang et al. 2022, eq. 2) with per-token KL to the SFT policy."""
+
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0))
+    critic_lr: float = 5e-5
+    kl_coef: float = 0.02
+    """β: reward = RM score at EOS − β · (log π − log π_SFT) per token."""
+    adaptive_kl: bool = False
+    target_kl: float = 1.0
+    """Adaptive controller's target KL per sequence (Ziegler et al. 2019)."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_ratio: float = 0.2
+    value_clip: float = 0.2
+    ptx_coef: float = 27.8
+    """γ_ptx × pretraining LM loss, in the same optimizer step; 0 turns PPO-ptx off."""
+    rollout_batch: int = 16
+    ppo_epochs: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    offload_frozen: bool = False
+    """Keep the reference and reward models' weights on the CPU (ZeRO-3 param offload on GPU)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: model, data, cluster, launch, and the four phases."""
+
+    name: str = "run"
+    run_dir: str = "runs/run"
+    seed: int = 1234
+    model: GPTConfig = field(default_factory=lambda: get_model("tiny"))
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    phases: list[str] = field(default_factory=lambda: list(PHASES))
+    """Phases this recipe runs, in order."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.phases if p not in PHASES]
+        if bad:
+            raise ConfigError(f"phases: unknown phase {bad[0]!r}: choose from {', '.join(PHASES)}")
+
+    def phase(self, name: str) -> PhaseConfig:
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def resolve_model(spec: object, where: str = "model") -> GPTConfig:
+    """A model given as a preset name, a YAML/JSON file, or {preset: NAME, field: value, ...}."""
+    if isinstance(spec, GPTConfig):
+        return spec
+    if isinstance(spec, str):
+        if Path(spec).suffix in (".yaml", ".yml", ".json"):
+            return resolve_model(load_file(spec), where)
+        try:
+            return get_model(spec)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    if isinstance(spec, dict):
+        fields = dict(spec)
+        base = resolve_model(fields.pop("preset"), where) if "preset" in fields else GPTConfig()
+        merged = {**to_dict(base), **fields}
+        if "preset" in spec and "name" not in fields and len(fields) > 0:
+            merged["name"] = f"{base.name}+custom"
+        return from_dict(GPTConfig, merged, where)
+    raise ConfigError(f"{where}={spec!r}: give a preset name, a model file, or a mapping")
+
+
+def load_run_config(recipe: str | Path | dict | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """defaults < recipe < overrides, checked against the dataclasses."""
+    data = load_file(recipe) if isinstance(recipe, (str, Path)) else dict(recipe or {})
+    data = apply_overrides(data, overrides or [])
+    if "model" in data:
+        data["model"] = resolve_model(data["model"])
+    return from_dict(RunConfig, data)
+
+
+def save_run_config(config: RunConfig, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Planning: how to lay a model onto a cluster. Pure Python: nothing here imports torch."""
