@@ -1,0 +1,184 @@
+"""Atomic checkpoint directories that many ranks write and rank 0 commits.
+
+A save goes through three states, and a crash in any of them leaves the last good checkpoint
+usable:
+
+1. **staging** — every rank writes its shards into ``root/.TAG.staging`` (``staging_dir``);
+2. **commit** — after a barrier, rank 0 writes ``SHA256SUMS`` (one ``<sha256>  <path>`` line
+   per file, the ``sha256sum`` format), fsyncs every file and directory, renames the staging
+   directory to ``root/TAG`` and then atomically replaces the ``latest`` pointer file;
+3. **committed** — ``root/TAG`` with a ``SHA256SUMS`` that ``verify_checkpoint`` checks.
+
+A directory without ``SHA256SUMS`` was never committed. ``latest_checkpoint`` removes stale
+staging directories and, if a commit died while replacing an older checkpoint of the same tag,
+puts the older one back.
+
+Typical use on every rank (``barrier`` is the job's collective barrier)::
+
+    staging = staging_dir(root, step_tag(step))
+    engine.save_checkpoint(str(staging), tag="state", save_latest=False)   # all ranks
+    barrier()
+    if rank == 0:
+        commit(root, step_tag(step), staging)
+        prune_checkpoints(root, keep=3)
+    barrier()
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from orchestrator.handoff.errors import HandoffError
+from orchestrator.handoff.hashing import atomic_write_text, files_under, fsync_path, fsync_tree, sha256_file
+
+SUMS_FILE = "SHA256SUMS"
+LATEST_FILE = "latest"
+STAGING_SUFFIX = ".staging"
+REPLACED_SUFFIX = ".replaced"
+
+
+def step_tag(step: int) -> str:
+    """The tag of the checkpoint saved after optimizer step ``step``: ``step_00000100``."""
+    if step < 0:
+        raise HandoffError(f"step {step} must be >= 0")
+    return f"step_{step:08d}"
+
+
+def _check_tag(tag: str) -> str:
+    if not tag or tag.startswith(".") or "/" in tag or tag == LATEST_FILE:
+        raise HandoffError(f"checkpoint tag {tag!r} is not usable: use a plain name such as {step_tag(100)!r} "
+                           f"(no '/', no leading '.', not {LATEST_FILE!r})")
+    return tag
+
+
+def staging_dir(root: Path | str, tag: str) -> Path:
+    """The directory every rank writes checkpoint ``tag`` into before rank 0 commits it.
+
+    Deterministic, so all ranks agree on it without communicating; created if missing.
+    """
+    path = Path(root) / f".{_check_tag(tag)}{STAGING_SUFFIX}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_sums(directory: Path) -> dict[str, str]:
+    """Hash every file of ``directory`` into its ``SHA256SUMS``; return the hashes."""
+    hashes = {f.relative_to(directory).as_posix(): sha256_file(f)
+              for f in files_under(directory) if f.name != SUMS_FILE or f.parent != directory}
+    if not hashes:
+        raise HandoffError(f"checkpoint staging directory {directory} is empty: nothing was saved into it")
+    lines = "".join(f"{digest}  {name}\n" for name, digest in hashes.items())
+    (directory / SUMS_FILE).write_text(lines)
+    return hashes
+
+
+def read_sums(directory: Path) -> dict[str, str]:
+    sums = directory / SUMS_FILE
+    if not sums.is_file():
+        raise HandoffError(f"checkpoint {directory} has no {SUMS_FILE}: it was never committed "
+                           f"(a save died before it finished); delete it and resume from an earlier one")
+    hashes = {}
+    for number, line in enumerate(sums.read_text().splitlines(), start=1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name:
+            raise HandoffError(f"{sums} line {number} is not '<sha256>  <path>': {line!r}; the file was edited")
+        hashes[name] = digest
+    return hashes
+
+
+def commit(root: Path | str, tag: str, staging: Path | str) -> Path:
+    """Make ``staging`` the committed checkpoint ``root/tag`` and point ``latest`` at it (rank 0 only).
+
+    Call after a barrier, once every rank has finished writing into ``staging``.
+    """
+    root, staging, tag = Path(root), Path(staging), _check_tag(tag)
+    if not staging.is_dir():
+        raise HandoffError(f"cannot commit checkpoint {tag!r}: staging directory {staging} does not exist")
+    write_sums(staging)
+    fsync_tree(staging)
+    final = root / tag
+    replaced = root / f".{tag}{REPLACED_SUFFIX}"
+    if final.exists():  # re-saving a tag: move the old one aside first, restore it if we die now
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(final, replaced)
+    os.replace(staging, final)
+    fsync_path(root)
+    atomic_write_text(root / LATEST_FILE, tag + "\n")
+    shutil.rmtree(replaced, ignore_errors=True)
+    return final
+
+
+def _recover(root: Path) -> None:
+    """Drop stale staging directories; restore a checkpoint a dead commit had moved aside."""
+    for path in root.iterdir():
+        if not path.is_dir() or not path.name.startswith("."):
+            continue
+        if path.name.endswith(STAGING_SUFFIX):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.endswith(REPLACED_SUFFIX):
+            original = root / path.name[1:-len(REPLACED_SUFFIX)]
+            if original.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.replace(path, original)
+
+
+def committed_checkpoints(root: Path | str) -> list[Path]:
+    """Committed checkpoint directories under ``root``, oldest commit first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / SUMS_FILE).is_file()]
+    return sorted(found, key=lambda p: ((p / SUMS_FILE).stat().st_mtime_ns, p.name))
+
+
+def latest_checkpoint(root: Path | str) -> Path | None:
+    """The checkpoint to resume from: what ``latest`` names, else the newest committed one.
+
+    Cleans up after a crashed save first. Call it on every rank before training starts (not
+    while another rank may be writing a staging directory).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    _recover(root)
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if pointer.read_text().strip() and (named / SUMS_FILE).is_file():
+            return named
+    committed = committed_checkpoints(root)
+    return committed[-1] if committed else None
+
+
+def verify_checkpoint(path: Path | str) -> dict[str, str]:
+    """Refuse a checkpoint whose files are missing, truncated or edited; return its hashes."""
+    path = Path(path)
+    if not path.is_dir():
+        raise HandoffError(f"checkpoint {path} does not exist")
+    hashes = read_sums(path)
+    fix = f"checkpoint {path} is corrupt; delete it to resume from the previous one"
+    for name, want in hashes.items():
+        file = path / name
+        if not file.is_file():
+            raise HandoffError(f"checkpoint file {file} is missing: {fix}")
+        got = sha256_file(file)
+        if got != want:
+            raise HandoffError(f"checkpoint file {file} ({file.stat().st_size} bytes) does not match "
+                               f"{SUMS_FILE} (truncated or edited): expected {want[:12]}…, got {got[:12]}…: {fix}")
+    return hashes
+
+
+def prune_checkpoints(root: Path | str, *, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` committed checkpoints (never the one ``latest`` names)."""
+    if keep < 1:
+        raise HandoffError(f"keep={keep}: keep at least 1 checkpoint")
+    root = Path(root)
+    pointer = root / LATEST_FILE
+    protected = pointer.read_text().strip() if pointer.is_file() else None
+    committed = committed_checkpoints(root)
+    removed = [p for p in committed[:-keep] if p.name != protected]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed

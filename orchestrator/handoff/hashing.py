@@ -1,0 +1,98 @@
+"""SHA-256 of files and trees, and the crash-safe file operations the handoff is built on.
+
+Atomic replacement follows the POSIX recipe: write a temporary file in the same directory,
+fsync it, ``os.replace`` it over the target (atomic within one filesystem), then fsync the
+directory so the rename itself survives a power loss.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+from orchestrator.handoff.errors import HandoffError
+
+CHUNK_BYTES = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (checkpoints can be many GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_under(path: Path) -> list[Path]:
+    """``path`` itself if it is a file, else every regular file below it, sorted."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def hash_tree(root: Path, paths: Iterable[Path | str]) -> dict[str, str]:
+    """{posix path relative to ``root``: sha256} for every file of each file or directory in ``paths``."""
+    root = Path(root)
+    hashes: dict[str, str] = {}
+    for entry in paths:
+        target = root / entry
+        if not target.exists():
+            raise HandoffError(f"cannot hash {target}: it does not exist")
+        for file in files_under(target):
+            hashes[file.relative_to(root).as_posix()] = sha256_file(file)
+    return dict(sorted(hashes.items()))
+
+
+def check_hashes(root: Path, expected: dict[str, str], *, fix: str) -> None:
+    """Refuse the first file under ``root`` that is missing or differs from ``expected``.
+
+    ``fix`` is appended to the message: what the user should do about it.
+    """
+    for relative, want in expected.items():
+        file = Path(root) / relative
+        if not file.is_file():
+            raise HandoffError(f"file {file} is missing: {fix}")
+        got = sha256_file(file)
+        if got != want:
+            raise HandoffError(f"file {file} ({file.stat().st_size} bytes) does not match its recorded sha256 "
+                               f"(truncated or edited): expected {want[:12]}…, got {got[:12]}…: {fix}")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory bottom-up, then ``root`` itself."""
+    dirs = [root]
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            fsync_path(path)
+        elif path.is_dir():
+            dirs.append(path)
+    for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        fsync_path(directory)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new content, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
