@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 from orchestrator.config.loader import ConfigError, apply_overrides, from_dict, load_file, to_dict
 from orchestrator.config.model import GPTConfig, get_model
+from orchestrator.data.task import TaskConfig
 from orchestrator.plan.layout import Layout
 
 PHASES = ("pretrain", "sft", "reward", "ppo")
@@ -57,10 +58,18 @@ class SourceConfig:
 
     name: str = "embedded"
     path: str = "embedded"
-    """A file, a directory or a glob of .txt/.jsonl/.parquet; ``embedded`` is the shipped corpus."""
+    """A file, a directory or a glob of .txt/.jsonl/.parquet (optionally .gz); ``embedded`` is the
+    shipped corpus, ``embedded:NAME`` one of its files (library, whatsnew, tutorial, reference, using)."""
     weight: float = 1.0
-    """Sampling probability in the mixture (normalised over all sources)."""
+    """Share of training tokens drawn from this source (normalised over all sources)."""
     text_field: str = "text"
+    """The field holding the text in JSONL and parquet files."""
+    text_unit: Literal["line", "paragraph", "document"] = "paragraph"
+    """What one document is in a .txt file: a line, a blank-line separated paragraph, or the file."""
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"source {self.name!r}: weight={self.weight} must be > 0 (leave the source out instead)")
 
 
 @dataclass(frozen=True)
@@ -71,10 +80,27 @@ class DataConfig:
     vocab_size: int = 2048
     """Vocabulary of the trained BPE; the model's vocab must be at least this."""
     eval_fraction: float = 0.02
-    """Share of packed blocks held out for evaluation."""
+    """Share of each source's documents held out for evaluation (at least one when a source has two)."""
+    split_seed: int = 0
+    """Which documents are held out; fixed apart from the run seed so runs share one eval set."""
     cache_dir: str = ".cache/orchestrator"
+    """Trained tokenizers and tokenized corpora, keyed by content hashes."""
     task_dir: Optional[str] = None
     """SFT / RM / PPO JSONL files; None: generate the shipped oracle task into the run directory."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The shipped word-list task (noise rate, words per answer, topics, rows per file)."""
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("data.sources is empty: name at least one corpus (path: embedded is the shipped one)")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources: names {names} must be distinct")
+        if not 0.0 <= self.eval_fraction < 0.5:
+            raise ValueError(f"data.eval_fraction={self.eval_fraction} must be in [0, 0.5)")
+        if self.tokenizer == "train" and not 300 <= self.vocab_size <= 1 << 20:
+            raise ValueError(f"data.vocab_size={self.vocab_size}: a byte-level BPE needs 256 bytes + "
+                             "special tokens + merges; use 300 to 1048576")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,14 @@
+"""Data: tokenizer, corpora, packing, the RLHF task and the SFT / RM / PPO datasets.
+
+corpus.py   local text / JSONL / parquet files (or the embedded corpus) read through ``datasets``,
+            bad rows counted per reason (report.py)
+tokenizer.py  a byte-level BPE trained on the corpus and cached, or a local HF tokenizer
+packing.py  documents → one token stream with EOS after each → blocks of seq_len + 1
+pretrain.py the weighted mixture (``interleave_datasets``), held-out split, resumable batches
+task.py     the word-list task and its deterministic oracle (pure Python)
+taskfiles.py / rlhf.py  reading the SFT / RM / PPO JSONL files; tensors and collators
+format.py   how a prompt and a response become one token sequence (shared by all three)
+
+Nothing here is imported by ``orchestrator.data`` itself, so ``config`` may import ``task``
+without pulling in torch or datasets.
+"""
