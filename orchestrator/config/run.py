@@ -37,19 +37,33 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """How each phase process is started."""
+    """How each phase process is started (``orchestrator/engine/launch`` turns this into argv)."""
 
     launcher: Literal["deepspeed", "torchrun", "accelerate"] = "deepspeed"
     multinode: Literal["pdsh", "openmpi", "slurm", "no_ssh"] = "pdsh"
     """The deepspeed launcher's multi-node backend (``--launcher``), or ``no_ssh`` with --node_rank."""
     hostfile: Optional[str] = None
-    """``host slots=N`` lines; required when nodes > 1."""
+    """``host slots=N`` lines, one per node; required when nodes > 1."""
     master_addr: str = "127.0.0.1"
+    """Address of node 0 that every rank rendezvouses at."""
     master_port: int = 29500
     env: dict[str, str] = field(default_factory=dict)
-    """Variables every node needs; written to ``.deepspeed_env``."""
+    """Variables every node needs; written to ``.deepspeed_env`` (after the NCCL/timeout defaults)."""
     timeout_minutes: int = 10
     """Collective timeout: a dead rank fails the job instead of hanging it."""
+    launcher_args: str = ""
+    """Extra flags for the multi-node backend (deepspeed ``--launcher_args``, e.g. mpirun or srun flags)."""
+    slurm_partition: Optional[str] = None
+    """``#SBATCH --partition`` of the script ``orchestrate run --sbatch`` writes."""
+    slurm_account: Optional[str] = None
+    slurm_time: str = "24:00:00"
+    """``#SBATCH --time`` (wall-clock limit, HH:MM:SS or D-HH:MM:SS)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.master_port <= 65535:
+            raise ValueError(f"launch.master_port={self.master_port} must be in 1..65535")
+        if self.timeout_minutes < 1:
+            raise ValueError(f"launch.timeout_minutes={self.timeout_minutes} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,8 @@ class LoopConfig:
     eval_every: int = 50
     eval_batches: int = 4
     save_every: int = 50
+    keep_checkpoints: int = 2
+    """Committed checkpoints kept on disk (older ones are pruned after each save)."""
     max_bad_steps: int = 3
     """NaN/inf losses in a row before the run stops (each one skips its step)."""
 

@@ -1,0 +1,71 @@
+"""The MPI-style hostfile the deepspeed launcher reads: one ``host slots=N`` line per node.
+
+Checked before anything starts, more strictly than DeepSpeed does: the file must list exactly
+the job's nodes, each with the cluster's ranks per node, so that its total equals the world
+every phase's layout was resolved against.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class LaunchError(ValueError):
+    """A launch that cannot start; the message names the value and the fix."""
+
+
+HOST_LINE = re.compile(r"^(\S+)\s+slots=(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    slots: int
+    """Ranks (GPUs) on this host."""
+
+
+def parse_hostfile(text: str, *, where: str = "hostfile") -> tuple[Host, ...]:
+    """Hosts in file order; comments (#) and blank lines are skipped."""
+    hosts: list[Host] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = HOST_LINE.match(line)
+        if not match:
+            raise LaunchError(f"{where} line {number} {raw.strip()!r} is not 'host slots=N' (e.g. 'worker-0 slots=8')")
+        host = Host(name=match.group(1), slots=int(match.group(2)))
+        if host.slots < 1:
+            raise LaunchError(f"{where} line {number}: {host.name} has slots={host.slots}; give it at least 1")
+        if any(h.name == host.name for h in hosts):
+            raise LaunchError(f"{where} line {number}: host {host.name} is listed twice; list each node once")
+        hosts.append(host)
+    if not hosts:
+        raise LaunchError(f"{where} lists no hosts: write one 'host slots=N' line per node")
+    return tuple(hosts)
+
+
+def read_hostfile(path: Path | str) -> tuple[Host, ...]:
+    path = Path(path)
+    if not path.is_file():
+        raise LaunchError(f"hostfile {path} not found: write one 'host slots=N' line per node "
+                          f"(see launch/hostfile.example) and set launch.hostfile")
+    return parse_hostfile(path.read_text(), where=f"hostfile {path}")
+
+
+def check_hosts(hosts: tuple[Host, ...], *, nodes: int, gpus_per_node: int, where: str = "hostfile") -> None:
+    """The hostfile must describe exactly ``nodes`` × ``gpus_per_node`` ranks."""
+    if len(hosts) != nodes:
+        raise LaunchError(f"{where} lists {len(hosts)} host(s) ({', '.join(h.name for h in hosts)}) but "
+                          f"cluster.nodes={nodes}: list exactly the nodes of this job, or set cluster.nodes={len(hosts)}")
+    wrong = [h for h in hosts if h.slots != gpus_per_node]
+    if wrong:
+        total = sum(h.slots for h in hosts)
+        raise LaunchError(f"{where}: {', '.join(f'{h.name} slots={h.slots}' for h in wrong)} but "
+                          f"cluster.gpus_per_node={gpus_per_node} (the hostfile totals {total} ranks, the layouts "
+                          f"expect {nodes} × {gpus_per_node} = {nodes * gpus_per_node}): make every slots={gpus_per_node}")
+
+
+def format_hostfile(hosts: tuple[Host, ...]) -> str:
+    return "".join(f"{h.name} slots={h.slots}\n" for h in hosts)

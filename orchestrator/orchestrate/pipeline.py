@@ -1,0 +1,151 @@
+"""Run a recipe's phases in order, each as its own launcher process.
+
+Before anything starts: every phase's layout is resolved against the cluster, the hostfile is
+checked, completed phases are verified, and each phase about to run has its parents either
+complete or scheduled before it. Then, per phase: skip it if its manifest is complete and still
+verifies; otherwise write its configs, start its launcher, and tee the output to
+``PHASE/logs/launch.log``. A failure stops the run with the log's tail and the command that
+reruns the phase; an interrupted phase is simply run again (it resumes from its latest
+checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import IO, Optional
+
+from orchestrator.config.loader import to_dict
+from orchestrator.config.run import PHASES, RunConfig
+from orchestrator.engine.launch import ENTRY_MODULE, deepspeed_env_text
+from orchestrator.handoff.manifest import PARENTS, Manifest, rerun_hint, verified_complete, verify_parent
+from orchestrator.orchestrate.prepare import (DEEPSPEED_ENV, PhaseJob, prepare_jobs, with_run_dir,
+                                              write_job, write_run_files)
+from orchestrator.orchestrate.process import format_tail, run_logged
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One phase of this invocation: skipped (with the manifest that lets it be) or to run."""
+
+    job: PhaseJob
+    done: Optional[Manifest]
+
+
+def select_phases(phases: list[str], *, only: Optional[str], start: Optional[str]) -> list[str]:
+    """The recipe's phases, or one of them (``--only``), or the tail from one (``--from``)."""
+    if only and start:
+        raise ValueError("give --only or --from, not both")
+    for flag, name in (("--only", only), ("--from", start)):
+        if name and name not in phases:
+            where = "this recipe's phases" if name in PHASES else "phases"
+            raise ValueError(f"{flag} {name}: not one of {where} ({', '.join(phases)})")
+    if only:
+        return [only]
+    return phases[phases.index(start):] if start else list(phases)
+
+
+def plan_steps(config: RunConfig, *, run_dir: Path, selected: list[str], entry_module: str) -> list[Step]:
+    """Check everything, then say for each selected phase whether it is done or will run."""
+    jobs = prepare_jobs(config, run_dir=run_dir, entry_module=entry_module)
+    steps = [Step(job=jobs[phase], done=verified_complete(run_dir, phase)) for phase in selected]
+    scheduled = [s.job.phase for s in steps if s.done is None]
+    for phase in scheduled:
+        for parent, head in PARENTS[phase]:
+            if parent in scheduled[:scheduled.index(phase)]:
+                continue
+            verify_parent(run_dir, parent_phase=parent, expect_head=head, expect_model=to_dict(config.model),
+                          expect_tokenizer_hash=None)
+    return steps
+
+
+def describe_run(config: RunConfig, run_dir: Path, steps: list[Step], out: IO[str]) -> None:
+    cluster = config.cluster
+    print(f"run {config.name} in {run_dir}: {', '.join(s.job.phase for s in steps)} on {cluster.nodes} node(s) × "
+          f"{cluster.gpus_per_node} rank(s) with {config.launch.launcher}", file=out)
+
+
+def skip_message(run_dir: Path, step: Step) -> str:
+    return (f"[{step.job.phase}] skip: complete at step {step.done.step} "
+            f"(delete {run_dir / step.job.phase} to train it again)")
+
+
+def print_dry_run(config: RunConfig, run_dir: Path, steps: list[Step], out: IO[str]) -> None:
+    """Every command, and the files a multi-node launch reads, without writing anything."""
+    for step in steps:
+        if step.done is not None:
+            print(skip_message(run_dir, step), file=out)
+            continue
+        for command in step.job.launch.commands:
+            node = "" if command.node_rank is None else f" node {command.node_rank}"
+            print(f"[{step.job.phase}{node}] $ {command.shell()}", file=out)
+    if config.cluster.nodes > 1:
+        env = {k: v for k, v in steps[0].job.launch.commands[0].env.items() if k != "DS_ENV_FILE"}
+        print(f"--- {run_dir / DEEPSPEED_ENV}\n{deepspeed_env_text(env)}", end="", file=out)
+
+
+def run_step(step: Step, *, run_dir: Path, node_rank: int, out: IO[str]) -> int:
+    """Start the phase's launcher for this node; 0 once the phase is complete."""
+    job, started = step.job, time.monotonic()
+    command = job.launch.for_node(node_rank)
+    print(f"[{job.phase}] $ {command.shell()}", file=out, flush=True)
+    code, tail = run_logged(command, log_path=job.directory / "logs" / "launch.log", out=out)
+    hint = rerun_hint(run_dir, job.phase)
+    if code != 0:
+        print(f"[{job.phase}] failed (exit code {code}); last lines of {job.directory / 'logs' / 'launch.log'}:\n"
+              f"{format_tail(tail)}\n[{job.phase}] fix the cause, then rerun it (it resumes from its latest "
+              f"checkpoint): {hint}", file=out, flush=True)
+        return code
+    if node_rank == 0 and verified_complete(run_dir, job.phase) is None:
+        print(f"[{job.phase}] the launcher exited 0 but {job.directory / 'manifest.json'} is not complete: "
+              f"see {job.directory / 'logs' / 'launch.log'}; rerun: {hint}", file=out, flush=True)
+        return 1
+    print(f"[{job.phase}] complete in {time.monotonic() - started:.0f} s", file=out, flush=True)
+    return 0
+
+
+def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Optional[str] = None,
+                 start: Optional[str] = None, dry_run: bool = False, node_rank: int = 0,
+                 entry_module: str = ENTRY_MODULE, out: Optional[IO[str]] = None) -> int:
+    """Run (or, with ``dry_run``, print) the selected phases; the exit code of the first failure, or 0."""
+    out = out or sys.stdout
+    config = with_run_dir(config, run_dir)
+    directory = Path(config.run_dir)
+    steps = plan_steps(config, run_dir=directory, selected=select_phases(config.phases, only=only, start=start),
+                       entry_module=entry_module)
+    describe_run(config, directory, steps, out)
+    if dry_run:
+        print_dry_run(config, directory, steps, out)
+        return 0
+    write_run_files(config, directory, dict(steps[0].job.launch.commands[0].env))
+    for step in steps:
+        if step.done is not None:
+            print(skip_message(directory, step), file=out, flush=True)
+            continue
+        write_job(config, step.job)
+        code = run_step(step, run_dir=directory, node_rank=node_rank, out=out)
+        if code != 0:
+            return code
+    return 0
+
+
+
+def write_sbatch(config: RunConfig, *, run_dir: Optional[str] = None, path: str) -> Path:
+    """Write ``RUN_DIR/run_config.yaml`` and an sbatch script that runs every phase in one allocation."""
+    from orchestrator.engine.launch import sbatch_script
+    from orchestrator.orchestrate.prepare import resolve_layouts, uses_gpu, write_yaml_config
+
+    config = with_run_dir(config, run_dir)
+    config = dataclasses.replace(config, launch=dataclasses.replace(config.launch, multinode="no_ssh"))
+    resolve_layouts(config)  # the hostfile is written by the job itself, from its allocation
+    directory = Path(config.run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_yaml_config(config, directory / "run_config.yaml")
+    text = sbatch_script(job_name=config.name, run_config=str((directory / "run_config.yaml").resolve()),
+                         run_dir=str(directory.resolve()), nodes=config.cluster.nodes,
+                         gpus_per_node=config.cluster.gpus_per_node, gpu=uses_gpu(config),
+                         partition=config.launch.slurm_partition, account=config.launch.slurm_account,
+                         time_limit=config.launch.slurm_time)
+    Path(path).write_text(text)
+    return Path(path)

@@ -1,0 +1,156 @@
+"""From a run config to one ``PhaseJob`` per phase, every check done before any process starts.
+
+A phase folder receives the exact configs it runs with: ``run_config.yaml``, ``plan.json``
+(the resolved layout), ``ds_config.json``, ``launch.json`` (the argv lists) and, for
+``accelerate``, ``accelerate_config.yaml``. Multi-node runs also get ``RUN_DIR/.deepspeed_env``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from orchestrator.config.loader import to_dict
+from orchestrator.config.run import RunConfig, save_run_config
+from orchestrator.engine.ds_config import Precision, build_ds_config
+from orchestrator.engine.launch import (ENTRY_MODULE, LaunchPlan, Target, accelerate_config, build_launch_plan,
+                                        check_hosts, deepspeed_env_text, launch_env, phase_entry, read_hostfile)
+from orchestrator.handoff.hashing import atomic_write_text
+from orchestrator.plan.layout import Layout, LayoutError
+
+RUN_CONFIG = "run_config.yaml"
+DEEPSPEED_ENV = ".deepspeed_env"
+
+
+@dataclass(frozen=True)
+class PhaseJob:
+    """Everything needed to start one phase, already checked."""
+
+    phase: str
+    directory: Path
+    layout: Layout
+    """Resolved against the cluster's world."""
+    ds_config: dict
+    launch: LaunchPlan
+    accelerate: Optional[dict] = None
+
+
+def resolve_layouts(config: RunConfig) -> dict[str, Layout]:
+    """Every phase's layout resolved against the cluster's world; all failures reported at once."""
+    world, layouts, problems = config.cluster.world, {}, []
+    for phase in config.phases:
+        try:
+            layouts[phase] = config.phase(phase).layout.resolve(world)
+        except LayoutError as err:
+            problems.append(f"{phase}.layout: {err}")
+    if problems:
+        raise LayoutError(f"cluster world {world} (nodes {config.cluster.nodes} × gpus_per_node "
+                          f"{config.cluster.gpus_per_node}): " + "; ".join(problems))
+    return layouts
+
+
+def uses_gpu(config: RunConfig) -> bool:
+    return config.cluster.gpu != "cpu"
+
+
+def phase_precision(config: RunConfig) -> Precision:
+    """bf16 on GPU clusters (GPT-3 scale training), fp32 for CPU ranks."""
+    return "bf16" if uses_gpu(config) else "fp32"
+
+
+def launch_target(config: RunConfig) -> Target:
+    """Where ranks go; a multi-node hostfile is read and checked against the cluster here."""
+    launch, cluster = config.launch, config.cluster
+    hostfile = None
+    if cluster.nodes > 1:
+        if not launch.hostfile and launch.launcher != "torchrun":
+            raise ValueError(f"cluster.nodes={cluster.nodes} needs launch.hostfile: one 'host slots=N' line per node "
+                             f"(see launch/hostfile.example)")
+        if launch.hostfile:
+            hostfile = str(Path(launch.hostfile).resolve())
+            check_hosts(read_hostfile(hostfile), nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node,
+                        where=f"hostfile {launch.hostfile}")
+    return Target(nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node, hostfile=hostfile,
+                  multinode=launch.multinode, master_addr=launch.master_addr, master_port=launch.master_port,
+                  launcher_args=launch.launcher_args)
+
+
+def job_env(config: RunConfig, run_dir: Path) -> dict[str, str]:
+    """The variables of every rank; DS_ENV_FILE points DeepSpeed's remote exporter at our file."""
+    multi = config.cluster.nodes > 1
+    env = launch_env(user_env=config.launch.env, timeout_minutes=config.launch.timeout_minutes, gpu=uses_gpu(config),
+                     master_addr=config.launch.master_addr if multi else None, master_port=config.launch.master_port)
+    if multi and config.launch.launcher != "torchrun" and config.launch.multinode != "no_ssh":
+        env["DS_ENV_FILE"] = os.path.abspath(run_dir / DEEPSPEED_ENV)
+    return env
+
+
+def build_job(config: RunConfig, *, phase: str, layout: Layout, run_dir: Path, target: Target,
+              env: dict[str, str], entry_module: str = ENTRY_MODULE) -> PhaseJob:
+    directory, absolute = run_dir / phase, Path(os.path.abspath(run_dir / phase))
+    ds_config = build_ds_config(layout, precision=phase_precision(config), grad_clip=config.phase(phase).optim.grad_clip,
+                                job_name=f"{config.name}-{phase}")
+    accelerate = None
+    if config.launch.launcher == "accelerate":
+        accelerate = accelerate_config(ds_config_file=str(absolute / "ds_config.json"), nodes=target.nodes,
+                                       gpus_per_node=target.gpus_per_node, multinode=target.multinode,
+                                       hostfile=target.hostfile, master_addr=target.master_addr,
+                                       master_port=target.master_port)
+    entry = phase_entry(phase=phase, run_dir=str(absolute.parent), target=target, launcher=config.launch.launcher,
+                        module=entry_module)
+    plan = build_launch_plan(launcher=config.launch.launcher, entry=entry, target=target, env=env,
+                             accelerate_config=str(absolute / "accelerate_config.yaml") if accelerate else None)
+    return PhaseJob(phase=phase, directory=directory, layout=layout, ds_config=ds_config, launch=plan,
+                    accelerate=accelerate)
+
+
+def prepare_jobs(config: RunConfig, *, run_dir: Path, entry_module: str = ENTRY_MODULE) -> dict[str, PhaseJob]:
+    """A checked job for every phase of the recipe (not only those about to run)."""
+    layouts = resolve_layouts(config)
+    target = launch_target(config)
+    env = job_env(config, run_dir)
+    return {phase: build_job(config, phase=phase, layout=layouts[phase], run_dir=run_dir, target=target, env=env,
+                             entry_module=entry_module) for phase in config.phases}
+
+
+def write_yaml_config(config: RunConfig, path: Path) -> None:
+    """``save_run_config`` into a temporary file, then an atomic rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_run_config(config, tmp)
+    os.replace(tmp, path)
+
+
+def write_run_files(config: RunConfig, run_dir: Path, env: dict[str, str]) -> None:
+    """``RUN_DIR/run_config.yaml`` and, for multi-node runs, ``RUN_DIR/.deepspeed_env``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml_config(config, run_dir / RUN_CONFIG)
+    if config.cluster.nodes > 1:
+        atomic_write_text(run_dir / DEEPSPEED_ENV, deepspeed_env_text({k: v for k, v in env.items()
+                                                                       if k != "DS_ENV_FILE"}))
+
+
+def plan_record(config: RunConfig, job: PhaseJob) -> dict:
+    return {"phase": job.phase, "model": config.model.name, "world": job.layout.world,
+            "cluster": to_dict(config.cluster), "layout": to_dict(job.layout)}
+
+
+def write_job(config: RunConfig, job: PhaseJob) -> None:
+    """The phase folder and the exact configs it will run with."""
+    for sub in ("logs", "checkpoints"):
+        (job.directory / sub).mkdir(parents=True, exist_ok=True)
+    write_yaml_config(config, job.directory / RUN_CONFIG)
+    atomic_write_text(job.directory / "plan.json", json.dumps(plan_record(config, job), indent=2) + "\n")
+    atomic_write_text(job.directory / "ds_config.json", json.dumps(job.ds_config, indent=2) + "\n")
+    atomic_write_text(job.directory / "launch.json", job.launch.to_json())
+    if job.accelerate is not None:
+        atomic_write_text(job.directory / "accelerate_config.yaml", yaml.safe_dump(job.accelerate, sort_keys=False))
+
+
+def with_run_dir(config: RunConfig, run_dir: Optional[str]) -> RunConfig:
+    """The config with ``run_dir`` replaced by the one this invocation uses."""
+    return dataclasses.replace(config, run_dir=run_dir) if run_dir else config
