@@ -1,0 +1,215 @@
+"""Is a layout runnable for this model on this cluster? Each failure is one ``Issue`` whose
+message names the numbers and the fix.
+
+Errors make a layout unrunnable; warnings run but cost speed or rely on something the runtime
+does not do; notes report what the planner adjusted (padded vocabulary, rounded batch).
+Sources: Megatron's grid world = tp · pp · dp (Narayanan et al. 2021, §3); DeepSpeed's limits
+(its ``PipelineEngine`` asserts ZeRO < 2, its engine refuses native MoE under ZeRO-3); the 1F1B
+schedule needs at least pp micro-batches to fill the pipeline (Narayanan et al. 2021, §2.2.1).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+from orchestrator.plan.job import BATCH_TOLERANCE, Job
+from orchestrator.plan.layout import Layout
+from orchestrator.plan.partition import layers_per_stage, padded_vocab
+
+Severity = Literal["error", "warning", "note"]
+RECOMPUTE = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class Issue:
+    severity: Severity
+    code: str
+    """A stable key for grouping rejections (``heads_tp``, ``memory``, ...)."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}"
+
+
+def error(code: str, message: str) -> Issue:
+    return Issue("error", code, message)
+
+
+def warning(code: str, message: str) -> Issue:
+    return Issue("warning", code, message)
+
+
+def note(code: str, message: str) -> Issue:
+    return Issue("note", code, message)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _names(values: list[int]) -> str:
+    return "{" + ", ".join(map(str, values)) + "}"
+
+
+def check_layout(layout: Layout, job: Job) -> list[Issue]:
+    """Every issue of ``layout`` (grad_accum already filled) for ``job``; errors first."""
+    basic = list(_check_ranges(layout, job))
+    if basic:  # degrees below 1 would make the other checks divide by zero
+        return basic
+    issues = [*_check_world(layout, job), *_check_tensor(layout, job), *_check_pipeline(layout, job),
+              *_check_experts(layout, job), *_check_zero(layout, job), *_check_batch(layout, job),
+              *_check_sequence(layout, job)]
+    order = {"error": 0, "warning": 1, "note": 2}
+    return sorted(issues, key=lambda issue: order[issue.severity])
+
+
+def _check_ranges(layout: Layout, job: Job) -> Iterator[Issue]:
+    for name in ("tp", "pp", "dp", "ep", "micro_batch", "grad_accum", "interleave"):
+        value = getattr(layout, name)
+        if not isinstance(value, int) or value < 1:
+            yield error("range", f"{name} {value!r} must be an integer >= 1")
+    if layout.zero_stage not in (0, 1, 2, 3):
+        yield error("range", f"zero stage {layout.zero_stage!r} must be 0, 1, 2 or 3")
+    if layout.recompute not in RECOMPUTE:
+        yield error("range", f"recompute {layout.recompute!r} must be one of {', '.join(RECOMPUTE)}")
+    if job.seq < 1:
+        yield error("range", f"sequence length {job.seq} must be >= 1")
+
+
+def _check_world(layout: Layout, job: Job) -> Iterator[Issue]:
+    if layout.world != job.world:
+        fix = (f"use dp {job.world // (layout.tp * layout.pp)}" if job.world % (layout.tp * layout.pp) == 0
+               else f"tp × pp must divide the world {job.world}")
+        yield error("world", f"world {job.world} != tp {layout.tp} × pp {layout.pp} × dp {layout.dp} "
+                             f"(={layout.world}): {fix}")
+
+
+def _check_tensor(layout: Layout, job: Job) -> Iterator[Issue]:
+    model, tp, per_node = job.model, layout.tp, job.cluster.gpus_per_node
+    if model.n_heads % tp:
+        valid = [t for t in divisors(model.n_heads) if t <= max(per_node, 1)]
+        yield error("heads_tp", f"heads {model.n_heads} not divisible by tp {tp}: use tp ∈ {_names(valid)}")
+    if model.d_ffn % tp:
+        yield error("ffn_tp", f"MLP width {model.d_ffn} not divisible by tp {tp}: use tp ∈ "
+                              f"{_names([t for t in divisors(model.d_ffn) if t <= per_node])}")
+    if tp > per_node:
+        yield warning("tp_nodes", f"tp {tp} > {per_node} GPUs per node: tensor-parallel all-reduces cross "
+                                  f"nodes at {job.cluster.device.internode_bandwidth / 1e9:g} GB/s; use tp ≤ {per_node}")
+    elif per_node % tp:
+        yield warning("tp_nodes", f"tp {tp} does not divide {per_node} GPUs per node: some tp groups straddle "
+                                  f"two nodes; use tp ∈ {_names(divisors(per_node))}")
+    if tp > 1 and model.vocab % tp:
+        yield note("vocab_pad", f"vocab {model.vocab} padded to {padded_vocab(model.vocab, tp)} "
+                                f"(a multiple of tp {tp}) for the vocab-parallel embedding")
+    if layout.sequence_parallel and tp == 1:
+        yield warning("sp_tp1", "sequence_parallel has no effect with tp 1")
+
+
+def _check_pipeline(layout: Layout, job: Job) -> Iterator[Issue]:
+    layers, pp, v = job.model.n_layers, layout.pp, layout.interleave
+    if pp > layers:
+        yield error("pp_layers", f"pp {pp} > {layers} layers: a stage would be empty; use pp ≤ {layers}")
+        return
+    if layers % pp:
+        even = [p for p in divisors(layers) if p <= job.world]
+        if job.uneven_pipeline:
+            yield note("pp_uneven", f"{layers} layers over pp {pp}: stages hold {list(layers_per_stage(layers, pp))}")
+        else:
+            yield error("pp_layers", f"layers {layers} not divisible by pp {pp}: use pp ∈ {_names(even)} "
+                                     f"or allow uneven stages (--uneven-pipeline)")
+    if v > 1:
+        yield from _check_interleave(layout, job)
+    if job.ppo and pp > 1:
+        yield error("ppo_pp", f"PPO needs whole models on each rank for rollouts: pp {pp} is not supported; "
+                              f"use pp 1 with tp or ZeRO-3 to fit the four models")
+
+
+def _check_interleave(layout: Layout, job: Job) -> Iterator[Issue]:
+    layers, pp, v = job.model.n_layers, layout.pp, layout.interleave
+    if pp == 1:
+        yield error("interleave", f"interleave {v} needs pp > 1 (virtual stages are pieces of a pipeline)")
+        return
+    if layers % (pp * v):
+        valid = [w for w in divisors(layers // pp) if layers % (pp * w) == 0] if layers % pp == 0 else [1]
+        yield error("interleave", f"layers {layers} not divisible by pp {pp} × interleave {v} (={pp * v}): "
+                                  f"use interleave ∈ {_names(valid)}")
+    if layout.grad_accum % pp:
+        yield error("interleave", f"the interleaved schedule needs micro-batches {layout.grad_accum} to be a "
+                                  f"multiple of pp {pp}: change the global batch or micro-batch")
+    yield warning("interleave_ds", f"interleave {v} is Megatron-LM's interleaved 1F1B; DeepSpeed's pipeline "
+                                   f"engine runs plain 1F1B, so a DeepSpeed run gets the interleave-1 bubble")
+
+
+def _check_experts(layout: Layout, job: Job) -> Iterator[Issue]:
+    model, ep, dp = job.model, layout.ep, layout.dp
+    if not model.is_moe:
+        if ep > 1:
+            yield error("ep_dense", f"ep {ep} but model {model.name} has no experts: use ep 1")
+        return
+    if model.n_experts % ep:
+        yield error("ep_experts", f"experts {model.n_experts} not divisible by ep {ep}: "
+                                  f"use ep ∈ {_names(divisors(model.n_experts))}")
+    if dp % ep:
+        valid = [e for e in divisors(model.n_experts) if dp % e == 0]
+        yield error("ep_dp", f"ep {ep} is carved out of dp {dp} and must divide it: use ep ∈ {_names(valid)}")
+
+
+def _check_zero(layout: Layout, job: Job) -> Iterator[Issue]:
+    zero = layout.zero_stage
+    if layout.pp > 1 and zero > 1:
+        yield error("zero_pp", f"DeepSpeed's pipeline engine allows ZeRO ≤ 1 (got zero {zero} with pp "
+                               f"{layout.pp}): use zero 0 or 1, or pp 1")
+    if job.model.is_moe and zero > 2:
+        yield error("zero_moe", f"DeepSpeed MoE allows ZeRO ≤ 2 (got zero {zero}): use zero 2 "
+                                f"with ep to shard the experts")
+    if layout.offload_optimizer and zero == 0:
+        yield error("offload_zero", "optimizer offload needs ZeRO ≥ 1: use zero 1, 2 or 3")
+
+
+def _check_batch(layout: Layout, job: Job) -> Iterator[Issue]:
+    per_step, target = layout.micro_batch * layout.dp, job.batch.sequences
+    actual = layout.global_batch
+    if job.batch.exact and actual != target:
+        yield error("batch", f"global batch {target:g} != micro_batch {layout.micro_batch} × grad_accum "
+                             f"{layout.grad_accum} × dp {layout.dp} (={actual}): {_batch_fix(target, per_step)}")
+    elif not job.batch.exact and abs(actual - target) > BATCH_TOLERANCE * target:
+        yield error("batch", f"micro_batch {layout.micro_batch} × dp {layout.dp} = {per_step} sequences per "
+                             f"micro-step cannot make {job.batch.describe(job.seq)} within "
+                             f"{BATCH_TOLERANCE:.0%} (nearest: {actual}): use a smaller micro-batch or dp")
+    elif not job.batch.exact and actual != round(target):
+        yield note("batch_round", f"global batch {actual} sequences ({actual * job.seq / 1e6:.3g}M tokens), the "
+                                  f"nearest multiple of micro_batch × dp = {per_step} to {job.batch.describe(job.seq)}")
+    if layout.pp > 1 and layout.grad_accum < layout.pp:
+        yield warning("pp_fill", f"micro-batches per step {layout.grad_accum} < pp {layout.pp}: 1F1B cannot fill "
+                                 f"the pipeline (bubble {(layout.pp - 1) / (layout.grad_accum + layout.pp - 1):.0%}); "
+                                 f"use ≥ {layout.pp} micro-batches (smaller micro-batch or larger batch)")
+
+
+def _batch_fix(target: float, per_step: int) -> str:
+    if per_step > target:
+        return f"micro_batch × dp = {per_step} exceeds the batch; use a smaller micro-batch"
+    lower, upper = int(target // per_step) * per_step, int(-(-target // per_step)) * per_step
+    return f"use a global batch of {lower} or {upper}, or another micro-batch"
+
+
+def _check_sequence(layout: Layout, job: Job) -> Iterator[Issue]:
+    if job.seq > job.model.ctx:
+        yield error("seq_ctx", f"sequence {job.seq} > model context {job.model.ctx}: use --seq ≤ "
+                               f"{job.model.ctx} or --set model.ctx={job.seq}")
+
+
+def fill_grad_accum(layout: Layout, job: Job) -> Layout:
+    """The layout with grad_accum set to meet the job's global batch (at least 1).
+
+    Exact batches divide (or are left for ``check_layout`` to refuse); token batches round to the
+    nearest multiple of micro_batch × dp: 3.2M tokens / 2048 = 1562.5 → 1560 with 8 × 1 per step.
+    """
+    per_step = max(layout.micro_batch, 1) * max(layout.dp, 1)
+    steps = job.batch.sequences / per_step
+    grad_accum = max(1, int(steps) if job.batch.exact and steps == int(steps) else round(steps))
+    return dataclasses.replace(layout, grad_accum=grad_accum)
+
+
+def errors(issues: list[Issue]) -> list[Issue]:
+    return [issue for issue in issues if issue.severity == "error"]
