@@ -133,23 +133,29 @@ def committed_checkpoints(root: Path | str) -> list[Path]:
     return sorted(found, key=lambda p: ((p / SUMS_FILE).stat().st_mtime_ns, p.name))
 
 
-def latest_checkpoint(root: Path | str) -> Path | None:
-    """The checkpoint to resume from: what ``latest`` names, else the newest committed one.
+def read_latest(root: Path | str) -> Path | None:
+    """What ``latest`` names, else the newest committed checkpoint; reads only (safe during a save)."""
+    root = Path(root)
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        tag = pointer.read_text().strip()
+        if tag and (root / tag / SUMS_FILE).is_file():
+            return root / tag
+    committed = committed_checkpoints(root)
+    return committed[-1] if committed else None
 
-    Cleans up after a crashed save first. Call it on every rank before training starts (not
-    while another rank may be writing a staging directory).
+
+def latest_checkpoint(root: Path | str) -> Path | None:
+    """The checkpoint to resume from, after cleaning up what a crashed save left behind.
+
+    Call it on every rank before training starts (not while another rank may be writing a
+    staging directory); use ``read_latest`` to only look.
     """
     root = Path(root)
     if not root.is_dir():
         return None
     _recover(root)
-    pointer = root / LATEST_FILE
-    if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if pointer.read_text().strip() and (named / SUMS_FILE).is_file():
-            return named
-    committed = committed_checkpoints(root)
-    return committed[-1] if committed else None
+    return read_latest(root)
 
 
 def verify_checkpoint(path: Path | str) -> dict[str, str]:

@@ -1,0 +1,92 @@
+"""``orchestrate report RUN_DIR``: PNG plots of each phase's curves and a short ``report.md``.
+
+Plots what exists: pretrain and SFT loss (train and eval), reward-model pairwise accuracy, PPO
+reward, KL and oracle score. Uses matplotlib's Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+from orchestrator.handoff.metrics import series
+from orchestrator.orchestrate.summary import PhaseSummary, format_metric, human_seconds, summarize
+
+# phase → panels of (title, metric keys); a panel is drawn when any of its keys has data.
+PANELS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "pretrain": (("loss", ("loss", "eval_loss")),),
+    "sft": (("loss", ("loss", "eval_loss")),),
+    "reward": (("pairwise accuracy", ("pairwise_accuracy",)), ("loss", ("loss", "eval_loss"))),
+    "ppo": (("reward", ("reward", "oracle_score")), ("KL to SFT", ("kl",))),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory (the recipe's run_dir)")
+    parser.add_argument("--out", help="where to write the plots and report.md (default: RUN_DIR/report)")
+
+
+def panel_series(records: tuple[dict, ...], keys: tuple[str, ...]) -> list[tuple[str, list[int], list[float]]]:
+    """(label, steps, values) per key and kind that has data: ``loss (train)``, ``eval_loss (eval)``."""
+    lines = []
+    for key in keys:
+        for kind in ("train", "eval"):
+            steps, values = series(records, key, kind=kind)
+            if steps:
+                lines.append((f"{key} ({kind})", steps, values))
+    return lines
+
+
+def plot_phase(summary: PhaseSummary, out_dir: Path) -> Optional[Path]:
+    """One PNG with a panel per metric group of the phase; None when it has no data yet."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(title, panel_series(summary.records, keys)) for title, keys in PANELS.get(summary.phase, ())]
+    panels = [(title, lines) for title, lines in panels if lines]
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for axis, (title, lines) in zip(axes[0], panels):
+        for label, steps, values in lines:
+            axis.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
+        axis.set(title=f"{summary.phase}: {title}", xlabel="step")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    path = out_dir / f"{summary.phase}.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def final_metrics(summary: PhaseSummary) -> str:
+    metrics = summary.manifest.metrics if summary.manifest and summary.manifest.status == "complete" else {}
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in metrics.items()) or "-"
+
+
+def markdown(run_dir: Path, summaries: list[PhaseSummary], plots: dict[str, Path], out_dir: Path) -> str:
+    lines = [f"# Run report: {run_dir}", "", "| phase | status | step | key metric | final metrics | time |",
+             "|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s.phase} | {s.status} | {'-' if s.step is None else s.step} | {format_metric(s.metric)} | "
+                     f"{final_metrics(s)} | {human_seconds(s.seconds)} |")
+    for s in summaries:
+        if s.phase in plots:
+            lines += ["", f"## {s.phase}", "", f"![{s.phase}]({plots[s.phase].relative_to(out_dir).as_posix()})"]
+        if s.error:
+            lines += ["", f"{s.phase} failed: {s.error}"]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    summaries = summarize(run_dir)
+    out_dir = Path(args.out) if args.out else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {s.phase: path for s in summaries if (path := plot_phase(s, out_dir)) is not None}
+    report = out_dir / "report.md"
+    report.write_text(markdown(run_dir, summaries, plots, out_dir))
+    print(f"wrote {report}" + (f" and {', '.join(p.name for p in plots.values())}" if plots else " (no metrics yet)"))
+    return 0
