@@ -91,3 +91,21 @@ class MixtureSchedule:
         if not sources:
             return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
         return np.concatenate(sources), np.concatenate(blocks)
+
+
+def shuffled_positions(n: int, *, seed: int, start: int, count: int) -> np.ndarray:
+    """Indices into n examples at stream positions start … start + count − 1.
+
+    The stream is one seeded permutation of range(n) per epoch (epoch e uses seed (seed, e)), so
+    it is endless, reproducible, and a resumed run finds position p without replaying anything.
+    Used for the SFT, RM and PPO example lists.
+    """
+    if n < 1:
+        raise ValueError("no examples to draw from")
+    positions = np.arange(start, start + count)
+    out = np.empty(count, dtype=np.int64)
+    for epoch in np.unique(positions // n):
+        mask = positions // n == epoch
+        permutation = np.random.default_rng(derived_seed(seed, int(epoch))).permutation(n)
+        out[mask] = permutation[positions[mask] % n]
+    return out

@@ -165,14 +165,26 @@ def rm_rows(config: TaskConfig, *, k: int, rng: random.Random, n: int) -> list[d
     """
     if not 2 <= k <= 9:
         raise ValueError(f"k={k} responses per prompt must be in 2..9 (InstructGPT ranked 4 to 9)")
+    if config.candidate_noise_max == 0:
+        raise ValueError("task.candidate_noise_max=0 makes every candidate perfect, so every ranking is a "
+                         "tie: use a value > 0 (0.6 is the default)")
     rows = []
     for _ in range(n):
         prompt = sample_prompt(config, rng)
+        ranked, scores = _untied_candidates(config, prompt=prompt, k=k, rng=rng)
+        rows.append({"prompt": prompt, "responses": ranked, "scores": scores})
+    return rows
+
+
+def _untied_candidates(config: TaskConfig, *, prompt: str, k: int, rng: random.Random) -> tuple[list[str], list[float]]:
+    """k ranked candidates, redrawn while all k tie (a row without a preference teaches nothing)."""
+    for _ in range(1000):
         candidates = [Labeller(topics=config.topics, noise_rate=rng.uniform(0.0, config.candidate_noise_max))
                       .write(prompt, rng) for _ in range(k)]
         ranked, scores = rank_responses(prompt, candidates)
-        rows.append({"prompt": prompt, "responses": ranked, "scores": scores})
-    return rows
+        if scores[0] != scores[-1]:
+            return ranked, scores
+    raise ValueError(f"1000 draws of {k} candidates for {prompt!r} all tied: raise task.candidate_noise_max")
 
 
 def ppo_rows(config: TaskConfig, *, rng: random.Random, n: int) -> list[dict]:

@@ -1,0 +1,110 @@
+"""``orchestrate data --out DIR [--seed S] [--recipe R]``: tokenizer, packed corpus, RLHF task files.
+
+Trains (or finds in the cache) the tokenizer, reads, checks and packs the pretraining sources,
+prints token counts and the bad-row report, writes ``sft_train.jsonl … ppo_eval.jsonl`` from the
+word-list oracle task, checks that every task row fits the phases' lengths with this tokenizer,
+and records it all in ``DIR/data.json`` (with a copy of the tokenizer in ``DIR/tokenizer``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from orchestrator.config.run import RunConfig, load_run_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="folder for the task files, data.json and the tokenizer")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the task files and the training order "
+                        "(default: the recipe's seed)")
+    parser.add_argument("--recipe", default=None, help="run recipe whose data section is used (default: built-ins)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.task.noise_rate=0.2 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import datasets
+
+    from orchestrator.data.pretrain import build_pretrain_data
+    from orchestrator.data.task import write_task_files
+
+    datasets.disable_progress_bars()
+    config = load_run_config(args.recipe, args.overrides)
+    seed = config.seed if args.seed is None else args.seed
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = build_pretrain_data(config.data, seq_len=config.pretrain.loop.seq_len, seed=seed)
+    corpus.tokenizer.check_fits(config.model.vocab)
+    print(format_corpus(corpus.summary()))
+    paths = write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed)
+    task = check_task_files(paths, config=config, tokenizer_path=corpus.tokenizer.path)
+    print(format_task(task))
+    shutil.copytree(corpus.tokenizer.path, out / "tokenizer", dirs_exist_ok=True)
+    summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer")}
+    (out / "data.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {len(paths)} task files, data.json and tokenizer/ to {out}")
+    return 0
+
+
+def check_task_files(paths: dict[str, Path], *, config: RunConfig, tokenizer_path: str) -> dict:
+    """Load every task file as its phase will; rows, reports and the oracle's view of them."""
+    from orchestrator.data.rlhf import load_prompts, load_rm, load_sft
+    from orchestrator.data.task import oracle_score
+    from orchestrator.data.taskfiles import preference_pairs
+    from orchestrator.data.tokenizer import load_tokenizer, tokenizer_info
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    info = tokenizer_info(tokenizer_path, tokenizer)
+    result = {}
+    for name, path in paths.items():
+        if name.startswith("sft"):
+            examples, report = load_sft(path, tokenizer=tokenizer, eos_id=info.eos_id, seq_len=config.sft.loop.seq_len)
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            extra = {"mean_tokens": _mean(len(e.ids) for e in examples),
+                     "mean_oracle_score": _mean(oracle_score(r["prompt"], r["response"]) for r in rows)}
+        elif name.startswith("rm"):
+            examples, report = load_rm(path, tokenizer=tokenizer, eos_id=info.eos_id, seq_len=config.reward.loop.seq_len)
+            pairs = [len(preference_pairs(list(e.scores))) for e in examples]
+            k = len(examples[0].scores)
+            extra = {"k": k, "pairs": sum(pairs), "tied_pairs": len(examples) * k * (k - 1) // 2 - sum(pairs)}
+        else:
+            max_prompt = config.ppo.loop.seq_len - config.ppo.max_new_tokens
+            examples, report = load_prompts(path, tokenizer=tokenizer, max_prompt_len=max_prompt)
+            extra = {"mean_prompt_tokens": _mean(len(e.ids) for e in examples)}
+        result[name] = {"path": str(path), "examples": len(examples), "report": report.to_dict(), **extra}
+    return result
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return round(sum(values) / max(1, len(values)), 4)
+
+
+def format_corpus(summary: dict) -> str:
+    tok = summary["tokenizer"]
+    lines = [f"tokenizer {tok['path']}  vocab {tok['vocab_size']}  eos {tok['eos_id']}  pad {tok['pad_id']}  "
+             f"hash {tok['tokenizer_hash'][:16]}",
+             f"{'source':<12} {'weight':>6} {'train docs':>10} {'train tokens':>12} {'blocks':>7} "
+             f"{'eval docs':>9} {'eval tokens':>11} {'blocks':>7}"]
+    for s in summary["sources"]:
+        lines.append(f"{s['name']:<12} {s['weight']:>6.3f} {s['train_documents']:>10} {s['train_tokens']:>12} "
+                     f"{s['train_blocks']:>7} {s['eval_documents']:>9} {s['eval_tokens']:>11} {s['eval_blocks']:>7}")
+    lines.append(f"total train tokens {summary['train_tokens']}, eval tokens {summary['eval_tokens']}, "
+                 f"blocks of {summary['seq_len']} + 1 tokens")
+    report = summary["report"]
+    lines.append(f"rows: {report['rows_read']} read, {report['rows_kept']} kept, bad: "
+                 + (", ".join(f"{k} {v} (first at {report['first_bad'][k]})" for k, v in sorted(report["bad_rows"].items()))
+                    or "none"))
+    return "\n".join(lines)
+
+
+def format_task(task: dict) -> str:
+    lines = []
+    for name, item in task.items():
+        details = ", ".join(f"{k} {v}" for k, v in item.items() if k not in ("path", "examples", "report"))
+        bad = item["report"]["bad_rows"]
+        lines.append(f"{name:<10} {item['examples']:>5} rows  {details}"
+                     + (f"  BAD: {bad} (first at {item['report']['first_bad']})" if bad else ""))
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+import json
+
+from orchestrator.cli import main
+from orchestrator.data.task import TASK_FILES, oracle_score
+
+
+def small_run(tmp_path, source_path):
+    return ["--set", f"data.sources=[{{name: a, path: '{source_path}'}}]", "--set", "data.vocab_size=400",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "pretrain.loop.seq_len=32",
+            *[arg for name in TASK_FILES for arg in ("--set", f"data.task.{name}=12")]]
+
+
+def test_orchestrate_data_writes_the_task_files_and_reports_the_corpus(tmp_path, capsys, paragraphs):
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs(40)) + "not json\n")
+    out = tmp_path / "out"
+    assert main(["data", "--out", str(out), "--seed", "7", *small_run(tmp_path, source)]) == 0
+    printed = capsys.readouterr().out
+    assert "vocab 400" in printed and "bad: bad_json 1 (first at a: row 41)" in printed
+    for name in TASK_FILES:
+        rows = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == 12
+    summary = json.loads((out / "data.json").read_text())
+    assert summary["seed"] == 7 and summary["corpus"]["report"]["bad_rows"] == {"bad_json": 1}
+    assert summary["corpus"]["train_tokens"] > 0 and summary["task"]["rm_train"]["k"] == 4
+    sft = [json.loads(line) for line in (out / "sft_train.jsonl").read_text().splitlines()]
+    expected = sum(oracle_score(r["prompt"], r["response"]) for r in sft) / len(sft)
+    assert summary["task"]["sft_train"]["mean_oracle_score"] == round(expected, 4)
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_orchestrate_data_stops_on_a_missing_source_naming_it(tmp_path, capsys):
+    missing = tmp_path / "absent.jsonl"
+    assert main(["data", "--out", str(tmp_path / "out"), *small_run(tmp_path, missing)]) == 2
+    assert f"data source {missing}: no such file" in capsys.readouterr().err
