@@ -64,6 +64,9 @@ def describe_run(config: RunConfig, run_dir: Path, steps: list[Step], out: IO[st
     cluster = config.cluster
     print(f"run {config.name} in {run_dir}: {', '.join(s.job.phase for s in steps)} on {cluster.nodes} node(s) × "
           f"{cluster.gpus_per_node} rank(s) with {config.launch.launcher}", file=out)
+    for step in steps:
+        for warning in step.job.warnings:
+            print(f"[{step.job.phase}] warning: {warning}", file=out)
 
 
 def skip_message(run_dir: Path, step: Step) -> str:
@@ -138,7 +141,7 @@ def write_sbatch(config: RunConfig, *, run_dir: Optional[str] = None, path: str)
 
     config = with_run_dir(config, run_dir)
     config = dataclasses.replace(config, launch=dataclasses.replace(config.launch, multinode="no_ssh"))
-    resolve_layouts(config)  # the hostfile is written by the job itself, from its allocation
+    resolve_layouts(config)  # every layout checked; the hostfile is written by the job itself, from its allocation
     directory = Path(config.run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     write_yaml_config(config, directory / "run_config.yaml")

@@ -15,13 +15,16 @@ from typing import Optional
 
 import yaml
 
+from orchestrator.config.cluster import Cluster, get_device
 from orchestrator.config.loader import to_dict
 from orchestrator.config.run import RunConfig, save_run_config
 from orchestrator.engine.ds_config import Precision, build_ds_config
 from orchestrator.engine.launch import (ENTRY_MODULE, LaunchPlan, Target, accelerate_config, build_launch_plan,
                                         check_hosts, deepspeed_env_text, launch_env, phase_entry, read_hostfile)
 from orchestrator.handoff.hashing import atomic_write_text
+from orchestrator.plan.job import BatchTarget, Job
 from orchestrator.plan.layout import Layout, LayoutError
+from orchestrator.plan.validate import check_layout
 
 RUN_CONFIG = "run_config.yaml"
 DEEPSPEED_ENV = ".deepspeed_env"
@@ -38,20 +41,37 @@ class PhaseJob:
     ds_config: dict
     launch: LaunchPlan
     accelerate: Optional[dict] = None
+    warnings: tuple[str, ...] = ()
+    """The planner's warnings for this layout (it runs, but slower than it could)."""
 
 
-def resolve_layouts(config: RunConfig) -> dict[str, Layout]:
-    """Every phase's layout resolved against the cluster's world; all failures reported at once."""
-    world, layouts, problems = config.cluster.world, {}, []
+def planner_job(config: RunConfig, *, phase: str, layout: Layout) -> Job:
+    """The planner's view of one phase: its model, cluster, sequence, batch and precision."""
+    cluster = Cluster(device=get_device(config.cluster.gpu), nodes=config.cluster.nodes,
+                      gpus_per_node=config.cluster.gpus_per_node)
+    return Job(model=config.model, cluster=cluster, seq=config.phase(phase).loop.seq_len,
+               batch=BatchTarget(sequences=layout.global_batch), precision=phase_precision(config),
+               ppo=phase == "ppo", offload_frozen=config.ppo.offload_frozen)
+
+
+def resolve_layouts(config: RunConfig) -> tuple[dict[str, Layout], dict[str, list[str]]]:
+    """Every phase's layout resolved against the cluster's world and checked by the planner's
+    validator (``orchestrator.plan.validate``); all errors reported at once, warnings returned."""
+    world, layouts, problems, warnings = config.cluster.world, {}, [], {}
     for phase in config.phases:
         try:
-            layouts[phase] = config.phase(phase).layout.resolve(world)
-        except LayoutError as err:
+            layout = config.phase(phase).layout.resolve(world)
+            issues = check_layout(layout, planner_job(config, phase=phase, layout=layout))
+        except (LayoutError, ValueError) as err:
             problems.append(f"{phase}.layout: {err}")
+            continue
+        problems += [f"{phase}.layout: {issue.message}" for issue in issues if issue.severity == "error"]
+        warnings[phase] = [issue.message for issue in issues if issue.severity == "warning"]
+        layouts[phase] = layout
     if problems:
         raise LayoutError(f"cluster world {world} (nodes {config.cluster.nodes} × gpus_per_node "
                           f"{config.cluster.gpus_per_node}): " + "; ".join(problems))
-    return layouts
+    return layouts, warnings
 
 
 def uses_gpu(config: RunConfig) -> bool:
@@ -91,7 +111,7 @@ def job_env(config: RunConfig, run_dir: Path) -> dict[str, str]:
 
 
 def build_job(config: RunConfig, *, phase: str, layout: Layout, run_dir: Path, target: Target,
-              env: dict[str, str], entry_module: str = ENTRY_MODULE) -> PhaseJob:
+              env: dict[str, str], entry_module: str = ENTRY_MODULE, warnings: tuple[str, ...] = ()) -> PhaseJob:
     directory, absolute = run_dir / phase, Path(os.path.abspath(run_dir / phase))
     ds_config = build_ds_config(layout, precision=phase_precision(config), grad_clip=config.phase(phase).optim.grad_clip,
                                 job_name=f"{config.name}-{phase}")
@@ -106,16 +126,16 @@ def build_job(config: RunConfig, *, phase: str, layout: Layout, run_dir: Path, t
     plan = build_launch_plan(launcher=config.launch.launcher, entry=entry, target=target, env=env,
                              accelerate_config=str(absolute / "accelerate_config.yaml") if accelerate else None)
     return PhaseJob(phase=phase, directory=directory, layout=layout, ds_config=ds_config, launch=plan,
-                    accelerate=accelerate)
+                    accelerate=accelerate, warnings=warnings)
 
 
 def prepare_jobs(config: RunConfig, *, run_dir: Path, entry_module: str = ENTRY_MODULE) -> dict[str, PhaseJob]:
     """A checked job for every phase of the recipe (not only those about to run)."""
-    layouts = resolve_layouts(config)
+    layouts, warnings = resolve_layouts(config)
     target = launch_target(config)
     env = job_env(config, run_dir)
     return {phase: build_job(config, phase=phase, layout=layouts[phase], run_dir=run_dir, target=target, env=env,
-                             entry_module=entry_module) for phase in config.phases}
+                             entry_module=entry_module, warnings=tuple(warnings[phase])) for phase in config.phases}
 
 
 def write_yaml_config(config: RunConfig, path: Path) -> None:
@@ -136,7 +156,7 @@ def write_run_files(config: RunConfig, run_dir: Path, env: dict[str, str]) -> No
 
 def plan_record(config: RunConfig, job: PhaseJob) -> dict:
     return {"phase": job.phase, "model": config.model.name, "world": job.layout.world,
-            "cluster": to_dict(config.cluster), "layout": to_dict(job.layout)}
+            "cluster": to_dict(config.cluster), "layout": to_dict(job.layout), "warnings": list(job.warnings)}
 
 
 def write_job(config: RunConfig, job: PhaseJob) -> None:

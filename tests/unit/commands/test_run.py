@@ -180,3 +180,9 @@ def test_run_logged_tees_output_to_the_log_and_keeps_the_tail(tmp_path):
     log = (tmp_path / "logs" / "launch.log").read_text()
     assert code == 0 and len(tail) == 40 and tail[-1] == "from-env" and tail[0] == "11"
     assert "0\n1\n" in out.getvalue() and "from-env" in log and "=== exit code 0" in log
+
+
+def test_the_planners_validator_refuses_a_layout_deepspeed_cannot_run(tmp_path):
+    with pytest.raises(LayoutError, match=r"sft.layout: DeepSpeed's pipeline engine allows ZeRO ≤ 1 \(got zero 2"):
+        run(recipe(tmp_path, cluster={"gpus_per_node": 2}), ["sft.layout.pp=2", "sft.layout.zero_stage=2"])
+    assert not (tmp_path / "run").exists()
