@@ -1,9 +1,14 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
 from orchestrator.engine.launch import (Entry, LaunchError, LaunchPlan, Target, accelerate_config, build_launch_plan,
                                         check_hosts, deepspeed_env_text, launch_env, parse_hostfile, phase_entry,
-                                        rank_env_from_scheduler, read_hostfile)
+                                        rank_env_from_scheduler, read_hostfile, train_script)
 
 ENTRY = Entry(module="orchestrator.phases.entry", args=("--phase", "sft", "--run-dir", "/runs/x"))
 
@@ -153,3 +158,25 @@ def test_scheduler_rank_variables_become_torch_distributed_ones():
     assert rank_env_from_scheduler({"RANK": "0", **slurm}) == {}
     with pytest.raises(LaunchError, match="MASTER_ADDR, MASTER_PORT"):
         rank_env_from_scheduler({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"})
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_example_files_in_launch_are_what_the_code_writes():
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "make_examples.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_launch_train_script_maps_slurm_ranks_and_runs_the_entry_module(tmp_path):
+    (tmp_path / "probe_entry.py").write_text(
+        "import os\ndef main(argv):\n    print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK'], argv)\n"
+        "    return 7\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+           "MASTER_ADDR": "n0", "MASTER_PORT": "1"}
+    env.pop("RANK", None)
+    result = subprocess.run([sys.executable, str(train_script()), "--module", "probe_entry", "--phase", "sft"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout.strip() == "5 8 1 ['--phase', 'sft']"
