@@ -1,0 +1,180 @@
+"""Build one rank's runtime: the GPT laid out by a ``Layout``, wrapped in a DeepSpeed engine.
+
+``build_runtime`` is the one place where the parallel dimensions are composed, in this order:
+
+  1. join the job and resolve the layout against the world; refuse what cannot run;
+  2. the grid (``ParallelState``): DeepSpeed's (pipe, data, model) topology, Megatron's TP group
+     checked against it;
+  3. the model: the plain GPT with its experts dealt out over ``ep`` ranks, built on the meta
+     device → ``apply_tp`` (Megatron column/row/vocab-parallel layers) → either the whole model
+     (pp = 1) or this rank's pipeline stage (``build_pipeline``) → recompute flags;
+  4. the weights: drawn per plain tensor name (identical under every layout), or cut from a
+     plain state dict handed over by the previous phase;
+  5. AdamW over decay / no-decay / expert groups, guarded against non-finite losses;
+  6. ``deepspeed.initialize`` with the planner's DeepSpeed config (ZeRO stage, offload,
+     precision, batch triple), which adds ZeRO partitioning and the data-parallel reduction.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from orchestrator.config.model import GPTConfig
+from orchestrator.config.run import OptimConfig
+from orchestrator.engine.consolidate import check_plain_state, local_shards
+from orchestrator.engine.ds_config import build_ds_config
+from orchestrator.engine.optim import GuardedAdamW, StepGuard, global_norm_clipper, parameter_groups
+from orchestrator.engine.parallel import (DistributedContext, ParallelState, build_parallel_state,
+                                          init_distributed)
+from orchestrator.engine.runtime import Runtime, StepResult
+from orchestrator.model.gpt import GPT, HEADS
+from orchestrator.model.params import init_parameters, load_plain_state, materialize
+from orchestrator.plan.layout import Layout, LayoutError
+
+__all__ = ["build_runtime", "init_distributed", "Runtime", "StepResult", "check_layout_for_model"]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_layout_for_model(config: GPTConfig, layout: Layout, *, head: str) -> None:
+    """Refuse a layout this runtime cannot run for ``config``, naming the numbers and the fix."""
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}: choose one of {', '.join(HEADS)}")
+    if config.n_heads % layout.tp:
+        options = [d for d in range(1, config.n_heads + 1) if config.n_heads % d == 0]
+        raise LayoutError(f"heads {config.n_heads} not divisible by tp {layout.tp}: use tp in {options}")
+    if layout.pp > 1 and layout.zero_stage > 1:
+        raise LayoutError(f"pp={layout.pp} with ZeRO-{layout.zero_stage}: DeepSpeed's pipeline engine supports "
+                          f"ZeRO <= 1; use zero_stage 0 or 1, or pp=1")
+    if layout.pp > 1 and head != "lm":
+        raise LayoutError(f"head={head!r} with pp={layout.pp}: the reward model and critic run with pp=1")
+    if layout.ep > 1 and not config.is_moe:
+        raise LayoutError(f"ep={layout.ep} but model {config.name} has no experts: use ep=1")
+    if config.is_moe:
+        if layout.tp > 1 or layout.pp > 1:
+            raise LayoutError(f"model {config.name} has experts: MoE runs with tp=1 and pp=1 here "
+                              f"(got tp={layout.tp}, pp={layout.pp}); scale it with ep and dp")
+        if layout.zero_stage > 2:
+            raise LayoutError(f"DeepSpeed MoE supports ZeRO <= 2, got zero_stage={layout.zero_stage}")
+        if layout.dp % layout.ep or config.n_experts % layout.ep:
+            raise LayoutError(f"ep={layout.ep} must divide dp={layout.dp} and n_experts={config.n_experts}")
+    if layout.sequence_parallel:
+        raise LayoutError("sequence_parallel is not available in this runtime (Megatron-core's sequence-parallel "
+                          "collectives need CUDA): set sequence_parallel false")
+
+
+def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *, total_steps: int,
+                  head: str = "lm", seed: int, precision: Optional[str] = None,
+                  ds_overrides: Optional[dict] = None, init_state: Optional[dict[str, Tensor]] = None,
+                  timeout_minutes: float = 10.0) -> Runtime:
+    """This rank's ``Runtime`` for ``model_config`` under ``layout``. Collective: all ranks call it.
+
+    ``precision``: None picks bf16 on CUDA and fp32 on CPU. ``init_state``: a plain (consolidated)
+    state dict to start from instead of a fresh init — every rank passes it. ``ds_overrides`` is
+    merged into the DeepSpeed config last (nested dicts merge key by key).
+    """
+    # 1. the job and the layout
+    context = init_distributed(timeout_minutes=timeout_minutes)
+    layout = layout.resolve(context.world)
+    check_layout_for_model(model_config, layout, head=head)
+    precision = precision or ("bf16" if context.device.type == "cuda" else "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if init_state is not None:
+        check_plain_state(init_state, config=model_config, head=head)
+    # 2. the grid
+    state = build_parallel_state(layout, context)
+    guard = StepGuard(device=context.device)
+    runtime = Runtime(engine=None, state=state, model_config=model_config, head=head, optim=optim,
+                      total_steps=total_steps, guard=guard, dtype=PRECISIONS[precision])
+    # 3. the model, laid out
+    module = _build_module(model_config, state=state, head=head, loss_fn=runtime.pipeline_loss)
+    # 4. the weights
+    shards = local_shards(module, state=state, config=model_config)
+    if init_state is None:
+        init_parameters(shards, config=model_config, seed=seed)
+    else:
+        load_plain_state(shards, init_state)
+    _seed_dropout(seed, state)
+    # 5. the optimizer (we clip ourselves only where DeepSpeed hands AdamW the model's own fp32 parameters)
+    own_clipping = layout.zero_stage == 0 and precision == "fp32"
+    optimizer = GuardedAdamW(parameter_groups(module, weight_decay=optim.weight_decay), optim=optim, guard=guard,
+                             clip_norm=global_norm_clipper(state) if own_clipping else None)
+    # 6. DeepSpeed
+    ds_config = build_ds_config(layout, precision=precision, grad_clip=0.0 if own_clipping else optim.grad_clip)
+    ds_config = _merge(ds_config, ds_overrides or {})
+    runtime.engine = _initialize(module, optimizer, ds_config, state=state)
+    return runtime
+
+
+def _build_module(config: GPTConfig, *, state: ParallelState, head: str, loss_fn) -> nn.Module:
+    layout = state.layout
+    tp_group = state.tp_group if layout.tp > 1 else None
+    if layout.pp > 1:
+        from orchestrator.model.pipeline import build_pipeline
+
+        return build_pipeline(config, topology=state.grid.topology(), tp_group=tp_group, loss_fn=loss_fn,
+                              recompute=layout.recompute)
+    with torch.device("meta"):          # nothing is allocated until the layout is final
+        model = GPT(config, head=head, ep_size=layout.ep)
+    if tp_group is not None:
+        from orchestrator.model.tensor_parallel import apply_tp
+
+        apply_tp(model, tp_group=tp_group)
+    model = materialize(model, state.device)
+    apply_recompute(model, layout.recompute)
+    return model
+
+
+def apply_recompute(model: GPT, mode: str) -> None:
+    """Activation recomputation (Korthikanti et al. 2022): "full" keeps only each block's input
+    and re-runs the block in backward; "selective" re-runs only the attention core."""
+    model.recompute_blocks = mode == "full"
+    for block in model.h:
+        block.attn.recompute_core = mode == "selective"
+
+
+def _seed_dropout(seed: int, state: ParallelState) -> None:
+    """Dropout differs across data-parallel replicas and stages, and agrees across a TP group
+    (whose replicated activations must see the same masks)."""
+    torch.manual_seed(seed + 1 + 1000 * state.dp_rank + 100_000 * state.pp_rank)
+
+
+def _initialize(module: nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict, *, state: ParallelState):
+    import deepspeed
+
+    # A PipelineModule brings its own grid; a tensor-parallel model passes ours so DeepSpeed's
+    # data-parallel group is dp, not the world.
+    mpu = state.grid if state.layout.tp > 1 and state.layout.pp == 1 else None
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config, mpu=mpu)
+    _check_engine_grid(engine, state)
+    return engine
+
+
+def _check_engine_grid(engine, state: ParallelState) -> None:
+    """DeepSpeed's data-parallel (and expert) groups must be the ones our ParallelState describes."""
+    import torch.distributed as dist
+
+    ds_dp = dist.get_world_size(engine.data_parallel_group) if hasattr(engine, "data_parallel_group") else None
+    if ds_dp is not None and ds_dp != state.layout.dp:
+        raise RuntimeError(f"DeepSpeed's data-parallel group has {ds_dp} ranks, the layout says dp={state.layout.dp}")
+    if state.layout.ep > 1:
+        from deepspeed.utils import groups
+
+        ep_group = groups._get_expert_parallel_group(f"ep_size_{state.layout.ep}")
+        if dist.get_rank(group=ep_group) != state.ep_rank:
+            raise RuntimeError(f"DeepSpeed placed this rank at expert-parallel rank {dist.get_rank(group=ep_group)}, "
+                               f"our grid at {state.ep_rank}")
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,114 @@
+"""Causal self-attention with GPT-3's locally banded option, left padding and a KV cache.
+
+Masks are built once per forward (``AttentionMasks.build``) and shared by every layer: a dense
+causal mask and, for ``attention="alternating"``, a sliding-window band (Brown et al. 2020, §2.1,
+after the Sparse Transformer of Child et al. 2019). A token at absolute position i sees keys j with
+``i - window < j <= i`` in a local layer (``window`` tokens, itself included, as GPT-Neo counts).
+With no padding and no cache, dense layers use SDPA's ``is_causal`` fast path (no mask tensor).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from orchestrator.config.model import GPTConfig
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, each (B, H_local, T_past, d_head).
+
+    Start sampling with ``KVCache.empty()``; each forward returns a new cache holding the old
+    tokens plus the new ones. ``attention_mask`` passed with a cache covers past + new tokens.
+    """
+
+    layers: tuple[tuple[Tensor, Tensor], ...] = ()
+
+    @staticmethod
+    def empty() -> "KVCache":
+        return KVCache(())
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].shape[2] if self.layers else 0
+
+    def layer(self, index: int) -> Optional[tuple[Tensor, Tensor]]:
+        return self.layers[index] if index < len(self.layers) else None
+
+
+@dataclass(frozen=True)
+class AttentionMasks:
+    """Boolean masks (True = may attend), broadcastable to (B, H, T_q, T_k); None = plain causal."""
+
+    dense: Optional[Tensor]
+    local: Optional[Tensor]
+
+    @staticmethod
+    def build(*, q_len: int, past: int, attention_mask: Optional[Tensor], window: Optional[int],
+              device: torch.device) -> "AttentionMasks":
+        k_len = past + q_len
+        if attention_mask is not None and attention_mask.shape[-1] != k_len:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens but the cache "
+                             f"holds {past} and the input {q_len}: pass the mask of all {k_len} tokens")
+        plain_causal = attention_mask is None and past == 0
+        query_pos = torch.arange(past, k_len, device=device)[:, None]    # (T_q, 1), absolute i
+        key_pos = torch.arange(k_len, device=device)[None, :]            # (1, T_k), j
+        causal = key_pos <= query_pos                                      # (T_q, T_k)
+        band = causal & (key_pos > query_pos - window) if window else None
+        if attention_mask is not None:
+            # Left padding: a key that is padding is never seen. A padded query would then see
+            # nothing (SDPA gives NaN), so every query may always see itself; its output is unused.
+            keys_valid = attention_mask.bool()[:, None, None, :]          # (B, 1, 1, T_k)
+            itself = key_pos == query_pos
+            causal = (causal & keys_valid) | itself
+            band = (band & keys_valid) | itself if band is not None else None
+        dense = None if plain_causal else causal
+        return AttentionMasks(dense=dense, local=band)
+
+    def for_layer(self, local: bool) -> Optional[Tensor]:
+        return self.local if local else self.dense
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention: fused QKV projection ``c_attn`` (laid out [q | k | v] like GPT-2),
+    output projection ``c_proj``. Under tensor parallelism both are replaced by Megatron's column /
+    row parallel layers and this code sees only its local heads (d_local = c_attn.out / 3)."""
+
+    def __init__(self, config: GPTConfig, layer_index: int):
+        super().__init__()
+        self.c_attn = nn.Linear(config.d_model, 3 * config.d_attn)
+        self.c_proj = nn.Linear(config.d_attn, config.d_model)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.d_head = config.d_head
+        self.attn_dropout = config.dropout
+        self.is_local = config.is_local_layer(layer_index)
+        self.recompute_core = False
+        """Selective recompute (Korthikanti et al. 2022, §4.1): re-run softmax(QKᵀ)V in backward."""
+
+    def forward(self, x: Tensor, *, masks: AttentionMasks,
+                cache: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        batch, q_len, _ = x.shape
+        qkv = self.c_attn(x)                                                   # (B, T, 3·H·d)
+        q, k, v = qkv.view(batch, q_len, 3, -1, self.d_head).permute(2, 0, 3, 1, 4)  # (B, H, T, d)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        mask = masks.for_layer(self.is_local)
+        dropout = self.attn_dropout if self.training else 0.0
+        if self.recompute_core and self.training:
+            y = checkpoint(_attend, q, k, v, mask, dropout, use_reentrant=False)
+        else:
+            y = _attend(q, k, v, mask, dropout)
+        y = y.transpose(1, 2).reshape(batch, q_len, -1)                        # (B, T, H·d)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout: float) -> Tensor:
+    """softmax(QKᵀ/√d)V (Vaswani et al. 2017) through PyTorch's fused SDPA kernels."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
