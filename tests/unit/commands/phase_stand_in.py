@@ -43,6 +43,10 @@ def main(argv):
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
     run_dir, phase = Path(args.run_dir), args.phase
+    print(f"{phase}: rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} up, accelerate's DeepSpeed "
+          f"config: {os.environ.get('ACCELERATE_DEEPSPEED_CONFIG_FILE')}", flush=True)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # like a phase's output, the handoff is written by rank 0 alone
     config = load_run_config(run_dir / phase / "run_config.yaml")
     model = to_dict(config.model)
     for parent, head in PARENTS[phase]:
@@ -55,7 +59,7 @@ def main(argv):
     write_manifest(directory, manifest)
     loop = config.phase(phase).loop
     start = resume_step(directory / "checkpoints")
-    print(f"{phase}: rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} starts at step {start}")
+    print(f"{phase}: rank 0 starts at step {start}", flush=True)
     fail_phase, _, fail_step = os.environ.get("STAND_IN_FAIL", "").partition(":")
     for step in range(start + 1, loop.steps + 1):
         metric = {"reward": {"pairwise_accuracy": step / loop.steps}, "ppo": {"reward": step * 0.1, "kl": 0.01 * step}}

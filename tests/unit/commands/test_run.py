@@ -72,7 +72,7 @@ def test_complete_phases_are_skipped_and_a_failed_phase_resumes_when_rerun(tmp_p
     code, out = run(data)
     assert code == 0, out
     assert "[pretrain] skip: complete at step 4" in out
-    assert "sft: rank 0 of 1 starts at step 2" in out  # resumed from its latest checkpoint
+    assert "sft: rank 0 starts at step 2" in out  # resumed from its latest checkpoint
 
 
 def test_only_a_phase_whose_parent_is_missing_fails_before_launching_and_names_the_command(tmp_path):
@@ -143,7 +143,7 @@ def test_a_hostfile_that_does_not_match_the_cluster_is_refused(tmp_path, capsys)
 def test_the_deepspeed_launcher_runs_a_phase(tmp_path):
     code, out = run(recipe(tmp_path, launcher="deepspeed", phases=["pretrain"]))
     assert code == 0, out
-    assert "pretrain: rank 0 of 1 starts at step 0" in out
+    assert "pretrain: rank 0 starts at step 0" in out
     assert read_manifest(tmp_path / "run" / "pretrain").status == "complete"
 
 
@@ -186,3 +186,12 @@ def test_the_planners_validator_refuses_a_layout_deepspeed_cannot_run(tmp_path):
     with pytest.raises(LayoutError, match=r"sft.layout: DeepSpeed's pipeline engine allows ZeRO ≤ 1 \(got zero 2"):
         run(recipe(tmp_path, cluster={"gpus_per_node": 2}), ["sft.layout.pp=2", "sft.layout.zero_stage=2"])
     assert not (tmp_path / "run").exists()
+
+
+def test_the_accelerate_launcher_runs_a_phase_on_two_ranks_with_the_phase_deepspeed_config(tmp_path):
+    code, out = run(recipe(tmp_path, launcher="accelerate", phases=["pretrain"], cluster={"gpus_per_node": 2}))
+    assert code == 0, out
+    ds_config = tmp_path / "run" / "pretrain" / "ds_config.json"
+    for rank in (0, 1):
+        assert f"pretrain: rank {rank} of 2 up, accelerate's DeepSpeed config: {ds_config}" in out
+    assert json.loads(ds_config.read_text())["train_batch_size"] == 2  # micro_batch 1 × dp 2
