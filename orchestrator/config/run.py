@@ -202,6 +202,21 @@ class PPOConfig(PhaseConfig):
 
 
 @dataclass(frozen=True)
+class OracleEvalConfig:
+    """How SFT and PPO policies are scored on held-out prompts — one protocol, so the two compare."""
+
+    prompts: int = 128
+    """Held-out prompts (from ppo_eval.jsonl) sampled and scored by the task's oracle."""
+    batch_size: int = 32
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    """Sampling temperature; greedy decoding of a tiny model hides the difference (SPEC §6)."""
+    top_p: float = 1.0
+    seed: int = 4321
+    """The sampling seed, the same for every policy evaluated."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run: model, data, cluster, launch, and the four phases."""
 
@@ -218,6 +233,7 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    oracle_eval: OracleEvalConfig = field(default_factory=OracleEvalConfig)
 
     def __post_init__(self) -> None:
         bad = [p for p in self.phases if p not in PHASES]

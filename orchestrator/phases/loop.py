@@ -1,0 +1,242 @@
+"""The one train loop every phase shares: resume, step, log, evaluate, save, finish.
+
+A phase (pretrain, sft, reward, ppo) adds only what differs — its models, its data, its loss —
+by implementing ``Phase``. The loop owns the cadence (STYLE.md habit 9):
+
+    setup → resume from the latest checkpoint, if any →
+    for each step: train_step → count non-finite steps → log → evaluate → save →
+    final evaluation → consolidated weights → manifest (status complete)
+"""
+from __future__ import annotations
+
+import abc
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from orchestrator.config.cluster import get_device
+from orchestrator.phases import outputs
+from orchestrator.phases.context import PhaseContext
+from orchestrator.phases.tracking import MetricsLog
+
+
+@dataclass
+class StepOutcome:
+    """What one optimizer step (or one PPO iteration) reports to the loop."""
+
+    loss: float
+    skipped: bool = False
+    tokens: int = 0
+    """Tokens processed this step over all ranks (for tokens/s and MFU)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Phase(abc.ABC):
+    """One job of the pipeline. Subclasses set ``name`` and ``head`` and fill ``trained``."""
+
+    name: str = ""
+    head: str = "lm"
+
+    def __init__(self, ctx: PhaseContext) -> None:
+        self.ctx = ctx
+        self.trained: dict = {}
+        """Runtimes the loop checkpoints and restores, by name (``model``; PPO: ``actor``, ``critic``)."""
+
+    @property
+    def config(self):
+        return self.ctx.config.phase(self.name)
+
+    @abc.abstractmethod
+    def setup(self, *, resuming: bool) -> None:
+        """Build runtimes and data; load the parent's weights unless resuming from our own checkpoint."""
+
+    @abc.abstractmethod
+    def train_step(self, step: int) -> StepOutcome:
+        """One optimizer step."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics (all ranks call it; values are already reduced)."""
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token, for MFU (model FLOPs: no recompute)."""
+        return self.ctx.config.model.flops_per_token(self.config.loop.seq_len)
+
+    def state(self) -> dict:
+        """Phase state for the checkpoint (e.g. the data position)."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Inverse of ``state``."""
+
+    def exported_runtime(self):
+        """The runtime whose consolidated weights the next phase receives."""
+        return self.trained["model"]
+
+    @property
+    def layout(self):
+        """The resolved layout this phase trains with (set by ``setup``)."""
+        return self.exported_runtime().layout
+
+    @abc.abstractmethod
+    def tokenizer_info(self) -> dict:
+        """``tokenizer_hash``, ``pad_id``, ``eos_id``, ``tokenizer_dir`` for the manifest."""
+
+
+def run(phase: Phase) -> dict[str, float]:
+    """Train ``phase`` to its configured number of steps and write its manifest; returns final metrics."""
+    ctx = phase.ctx
+    loop = phase.config.loop
+    latest = _latest_checkpoint(ctx)
+    phase.setup(resuming=latest is not None)
+    start = _resume(phase, latest) if latest is not None else 0
+    manifest = outputs.begin(ctx.run_dir, phase=phase.name, model=ctx.config.model.to_dict(), head=phase.head,
+                             layout=phase.layout, tokenizer=phase.tokenizer_info()) if ctx.is_main else None
+    log = MetricsLog(ctx.phase_dir, phase=phase.name, enabled=ctx.is_main, config=ctx.config.to_dict())
+    try:
+        _train(phase, log, start=start)
+        final = phase.evaluate()
+        log.log("final", loop.steps, **final)
+        state = phase.exported_runtime().consolidated_state_dict()  # collective: every rank takes part
+        if ctx.is_main:
+            outputs.save_final_weights(state, ctx.phase_dir)
+            outputs.complete(manifest, ctx.phase_dir, step=loop.steps, metrics=final)
+        outputs.barrier()
+    except BaseException as error:
+        if ctx.is_main:
+            outputs.fail(manifest, ctx.phase_dir, step=start, error=error)
+        raise
+    finally:
+        log.close()
+    return final
+
+
+def _train(phase: Phase, log: MetricsLog, *, start: int) -> None:
+    ctx, loop = phase.ctx, phase.config.loop
+    bad_in_row, skipped_total = 0, 0
+    progress = _progress(ctx, start=start, total=loop.steps, name=phase.name)
+    window_tokens, window_start = 0, time.perf_counter()
+    for step in range(start + 1, loop.steps + 1):
+        outcome = phase.train_step(step)
+        bad_in_row, skipped_total = _count_bad(outcome, step, bad_in_row, skipped_total, loop.max_bad_steps)
+        window_tokens += outcome.tokens
+        if step % loop.log_every == 0 or step == loop.steps:
+            elapsed = time.perf_counter() - window_start
+            rates = _rates(phase, window_tokens, elapsed)
+            log.log("train", step, loss=outcome.loss, skipped_steps=skipped_total, **rates, **outcome.metrics)
+            _advance(progress, step, outcome.loss, rates)
+            window_tokens, window_start = 0, time.perf_counter()
+        if loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
+            log.log("eval", step, **phase.evaluate())
+        if loop.save_every and step % loop.save_every == 0 or step == loop.steps:
+            save_checkpoint(phase, step=step, skipped_total=skipped_total)
+    if progress is not None:
+        progress.close()
+
+
+def _count_bad(outcome: StepOutcome, step: int, bad_in_row: int, skipped_total: int, limit: int) -> tuple[int, int]:
+    """A non-finite loss skips its step (the runtime leaves the weights alone); ``limit`` in a row stop the run."""
+    if not outcome.skipped:
+        return 0, skipped_total
+    bad_in_row += 1
+    if bad_in_row >= limit:
+        raise FloatingPointError(
+            f"loss was not finite for {bad_in_row} steps in a row (steps {step - bad_in_row + 1}..{step}); "
+            f"the run stops: lower optim.lr, raise optim.warmup_steps, or check the data; "
+            f"loop.max_bad_steps={limit} sets how many are tolerated")
+    return bad_in_row, skipped_total + 1
+
+
+def _rates(phase: Phase, tokens: int, seconds: float) -> dict[str, float]:
+    """tokens/s and model-FLOPs utilisation (Chowdhery et al. 2022, App. B) against the preset's peak.
+
+    CPU ranks share one machine, so its peak counts once; GPU ranks each bring their own.
+    """
+    device = get_device(phase.ctx.config.cluster.gpu)
+    tokens_per_s = tokens / seconds if seconds > 0 else 0.0
+    peak = device.peak_flops * (1 if device.kind == "cpu" else phase.ctx.world)
+    return {"tokens_per_s": tokens_per_s, "mfu": phase.flops_per_token() * tokens_per_s / peak}
+
+
+def _progress(ctx: PhaseContext, *, start: int, total: int, name: str):
+    if not ctx.is_main:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+def _advance(progress, step: int, loss: float, rates: dict) -> None:
+    if progress is None:
+        return
+    progress.n = step
+    progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rates['tokens_per_s']:.0f}", mfu=f"{rates['mfu']:.1%}")
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+def save_checkpoint(phase: Phase, *, step: int, skipped_total: int) -> Path:
+    """Every rank writes into a staging directory; rank 0 commits it atomically (handoff.checkpoint)."""
+    from orchestrator.handoff import checkpoint as ckpt
+
+    ctx = phase.ctx
+    tag = ckpt.step_tag(step)
+    staging = ckpt.staging_dir(ctx.checkpoint_root, tag)
+    client = {"step": step, "skipped_steps": skipped_total, "phase_state": phase.state()}
+    for name, runtime in phase.trained.items():
+        runtime.save(staging / name, tag="state", client_state={})
+    _save_rng(staging, ctx.rank)
+    if ctx.is_main:
+        (staging / "loop_state.json").write_text(json.dumps(client))
+    outputs.barrier()
+    final = ctx.checkpoint_root / tag
+    if ctx.is_main:
+        ckpt.commit(ctx.checkpoint_root, tag, staging)
+        ckpt.prune_checkpoints(ctx.checkpoint_root, keep=phase.config.loop.keep_checkpoints)
+    outputs.barrier()
+    return final
+
+
+def _latest_checkpoint(ctx: PhaseContext) -> Optional[Path]:
+    from orchestrator.handoff import checkpoint as ckpt
+
+    if ctx.is_main:  # rank 0 cleans up after a crashed save before anyone looks
+        ckpt.latest_checkpoint(ctx.checkpoint_root)
+    outputs.barrier()
+    latest = ckpt.latest_checkpoint(ctx.checkpoint_root)
+    if latest is not None:
+        ckpt.verify_checkpoint(latest)
+    return latest
+
+
+def _resume(phase: Phase, path: Path) -> int:
+    client = json.loads((path / "loop_state.json").read_text())
+    for name, runtime in phase.trained.items():
+        runtime.load(path / name, tag="state")
+    phase.restore(client["phase_state"])
+    _load_rng(path, phase.ctx.rank)
+    return int(client["step"])
+
+
+def _save_rng(staging: Path, rank: int) -> None:
+    """Each rank's Python, NumPy and torch RNG states, so a resumed run draws the same numbers."""
+    rng_dir = staging / "rng"
+    rng_dir.mkdir(parents=True, exist_ok=True)
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    torch.save(state, rng_dir / f"rank{rank:05d}.pt")
+
+
+def _load_rng(path: Path, rank: int) -> None:
+    state = torch.load(path / "rng" / f"rank{rank:05d}.pt", weights_only=False)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

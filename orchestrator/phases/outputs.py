@@ -1,0 +1,69 @@
+"""What a phase reads from its parents and leaves for its children.
+
+Weights cross phases only in consolidated form (one plain-GPT state dict, ``final/model.pt``),
+so a child may run under a different TP / PP / ZeRO layout from its parent: the runtime shards
+the consolidated dict into whatever layout it has. Only rank 0 touches manifests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from orchestrator.handoff.hashing import fsync_path
+from orchestrator.handoff.manifest import (Manifest, complete_manifest, failed_manifest, start_manifest,
+                                           verify_parent, write_manifest)
+
+FINAL_WEIGHTS = "final/model.pt"
+CONFIG_ARTIFACTS = ("run_config.yaml", "plan.json", "ds_config.json", "launch.json")
+
+
+def parent_weights(run_dir: Path, *, parent: str, head: str, model: dict,
+                   tokenizer_hash: Optional[str]) -> dict[str, torch.Tensor]:
+    """The verified parent's consolidated state dict (every rank reads the same file)."""
+    manifest = verify_parent(run_dir, parent_phase=parent, expect_head=head, expect_model=model,
+                             expect_tokenizer_hash=tokenizer_hash)
+    return torch.load(Path(run_dir) / parent / manifest.checkpoint, map_location="cpu", weights_only=True)
+
+
+def begin(run_dir: Path, *, phase: str, model: dict, head: str, layout, tokenizer: dict) -> Manifest:
+    """The ``running`` manifest, written now so ``orchestrate status`` shows the phase under way."""
+    manifest = start_manifest(run_dir, phase=phase, model=model, head=head, layout=dataclasses.asdict(layout),
+                              **tokenizer)
+    write_manifest(Path(run_dir) / phase, manifest)
+    return manifest
+
+
+def save_final_weights(state: dict[str, torch.Tensor], phase_dir: Path) -> str:
+    """Write the consolidated weights atomically (tmp, fsync, rename); returns the path relative to phase_dir."""
+    path = Path(phase_dir) / FINAL_WEIGHTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+    return FINAL_WEIGHTS
+
+
+def complete(manifest: Manifest, phase_dir: Path, *, step: int, metrics: dict) -> Manifest:
+    artifacts = [name for name in CONFIG_ARTIFACTS if (Path(phase_dir) / name).is_file()]
+    done = complete_manifest(manifest, phase_dir, step=step, checkpoint=FINAL_WEIGHTS, metrics=metrics,
+                             artifacts=artifacts)
+    write_manifest(phase_dir, done)
+    return done
+
+
+def fail(manifest: Manifest, phase_dir: Path, *, step: int, error: BaseException) -> None:
+    write_manifest(phase_dir, failed_manifest(manifest, step=step, error=f"{type(error).__name__}: {error}"))
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,87 @@
+"""The reward model (InstructGPT, Ouyang et al. 2022 §3.5): the SFT model with its LM head
+replaced by a scalar head read at each response's EOS, trained on K-way rankings.
+
+All K responses of a prompt form one batch element: each is run forward once and the
+K·(K−1)/2 pairs are formed from the K rewards (``rl_math.ranking_loss``), so a prompt costs K
+forwards, not one per pair — InstructGPT's reason for batching rankings this way (it also keeps
+the correlated pairs of one prompt from overfitting).
+"""
+from __future__ import annotations
+
+import torch
+
+from orchestrator.data.mixture import shuffled_positions
+from orchestrator.data.rlhf import collate_rm, load_rm
+from orchestrator.phases import rl_math
+from orchestrator.phases.sampling import sums_over_ranks
+from orchestrator.phases.sft import task_dir
+from orchestrator.phases.supervised import SupervisedPhase
+
+
+def rewards_at_eos(forward, batch: dict) -> torch.Tensor:
+    """(B, K) rewards: one forward over the B·K responses, the scalar head read at each EOS."""
+    batch_size, k, seq = batch["input_ids"].shape
+    values = forward(batch["input_ids"].view(batch_size * k, seq)).logits        # (B·K, T)
+    eos = batch["eos_index"].view(batch_size * k, 1)
+    return values.gather(1, eos).view(batch_size, k)
+
+
+def ranking_loss_fn(forward, batch: dict):
+    rewards = rewards_at_eos(forward, batch)
+    loss, accuracy = rl_math.ranking_loss(rewards, rl_math.preference_matrix(batch["scores"], batch["valid"]))
+    return loss, {"pairwise_accuracy": accuracy.detach(), "reward_mean": rewards.detach().mean()}
+
+
+def with_scalar_head(state: dict, *, d_model: int, init_std: float, seed: int) -> dict:
+    """The SFT weights plus a fresh value head (N(0, init_std) weight, zero bias) in place of the LM head."""
+    generator = torch.Generator().manual_seed(seed)
+    head = {"value_head.weight": torch.randn(1, d_model, generator=generator) * init_std,
+            "value_head.bias": torch.zeros(1)}
+    return {**state, **head}
+
+
+class Reward(SupervisedPhase):
+    name = "reward"
+    head = "scalar"
+    loss_fn = staticmethod(ranking_loss_fn)
+
+    def setup(self, *, resuming: bool) -> None:
+        self.load_run_tokenizer()
+        tokenizer, seq_len, eos = self.hf_tokenizer(), self.config.loop.seq_len, self.tokenizer.eos_id
+        self.train_examples, self.data_report = load_rm(task_dir(self.ctx) / "rm_train.jsonl", tokenizer=tokenizer,
+                                                        eos_id=eos, seq_len=seq_len)
+        self.eval_examples, _ = load_rm(task_dir(self.ctx) / "rm_eval.jsonl", tokenizer=tokenizer, eos_id=eos,
+                                        seq_len=seq_len)
+        init = None
+        if not resuming:
+            model = self.ctx.config.model
+            init = with_scalar_head(self.parent_state(), d_model=model.d_model, init_std=model.init_std,
+                                    seed=self.ctx.config.seed)
+        self.build(init_state=init)
+
+    def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
+        rows = shuffled_positions(len(self.train_examples), seed=self.ctx.config.seed,
+                                  start=position + dp_rank * micro_batch, count=micro_batch)
+        return collate_rm([self.train_examples[i] for i in rows], pad_id=self.tokenizer.pad_id)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out pairwise accuracy and ranking loss over every rm_eval prompt (ties dropped)."""
+        runtime = self.runtime
+        model = runtime.module_for_inference()
+        model.eval()
+        mine = self.eval_examples[runtime.state.dp_rank::runtime.layout.dp]
+        correct = pairs = loss_sum = prompts = 0.0
+        for start in range(0, len(mine), runtime.layout.micro_batch):
+            batch = {k: v.to(runtime.device) for k, v in collate_rm(mine[start:start + runtime.layout.micro_batch],
+                                                                     pad_id=self.tokenizer.pad_id).items()}
+            preferred = rl_math.preference_matrix(batch["scores"], batch["valid"])
+            loss, accuracy = rl_math.ranking_loss(rewards_at_eos(model, batch), preferred)
+            n_pairs = float(preferred.sum())
+            correct, pairs = correct + float(accuracy) * n_pairs, pairs + n_pairs
+            loss_sum, prompts = loss_sum + float(loss) * len(batch["scores"]), prompts + len(batch["scores"])
+        model.train()
+        correct, pairs, loss_sum, prompts = sums_over_ranks([correct, pairs, loss_sum, prompts], device=runtime.device,
+                                                            group=runtime.state.dp_group)
+        return {"pairwise_accuracy": correct / max(pairs, 1.0), "eval_loss": loss_sum / max(prompts, 1.0),
+                "eval_pairs": pairs}

@@ -1,0 +1,130 @@
+"""Sampling responses with a KV cache, and scoring them with the task's oracle.
+
+Prompts arrive left-padded (``data.rlhf.collate_prompts``), so every prompt ends in the last
+column and generation appends to all rows at once; position ids come from the attention mask,
+so a prompt's positions do not depend on how much padding it got (SPEC §6). Each step feeds
+only the new token and reuses the cached keys and values of everything before it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from orchestrator.model.attention import KVCache
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Prompts and their sampled responses, as token ids."""
+
+    sequences: Tensor
+    """(B, P + N): left-padded prompt then response (pad after an early EOS)."""
+    attention_mask: Tensor
+    """(B, P + N): 1 on prompt and response tokens (the EOS included), 0 on padding."""
+    response_mask: Tensor
+    """(B, N): 1 on response tokens up to and including EOS."""
+    prompt_len: int
+    """P: the response of every row starts at this column."""
+
+    @property
+    def responses(self) -> Tensor:
+        return self.sequences[:, self.prompt_len:]
+
+    @property
+    def position_ids(self) -> Tensor:
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def next_token(logits: Tensor, *, temperature: float, top_p: float, generator: torch.Generator) -> Tensor:
+    """One token per row from (B, V) logits: temperature, then nucleus (top-p) sampling (Holtzman et al. 2020)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p   # keep the smallest set reaching top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def sample(model, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, eos_id: int, pad_id: int,
+           temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator) -> Rollout:
+    """Sample up to ``max_new_tokens`` per prompt, stopping each row at its EOS. ``model`` must be in eval mode."""
+    batch, prompt_len = input_ids.shape
+    mask = attention_mask.long()
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids, attention_mask=mask, position_ids=position, kv_cache=KVCache.empty())
+    tokens, alive = [], torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+    response_mask = []
+    next_position = position[:, -1:] + 1
+    for _ in range(max_new_tokens):
+        token = next_token(out.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator)
+        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        tokens.append(token)
+        response_mask.append(alive.long())
+        alive = alive & (token != eos_id)
+        if not alive.any():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(token[:, None], attention_mask=mask, position_ids=next_position, kv_cache=out.kv_cache)
+        next_position = next_position + 1
+    response = torch.stack(tokens, dim=1)                                     # (B, N)
+    response_mask = torch.stack(response_mask, dim=1)
+    sequences = torch.cat([input_ids, response], dim=1)
+    full_mask = torch.cat([attention_mask.long(), response_mask], dim=1)
+    return Rollout(sequences=sequences, attention_mask=full_mask, response_mask=response_mask, prompt_len=prompt_len)
+
+
+def sampling_generator(*, seed: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def sums_over_ranks(values: list[float], *, device: torch.device, group=None) -> list[float]:
+    """Element-wise Σ over the ranks of ``group`` (the data-parallel group)."""
+    stats = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(stats, group=group)
+    return stats.cpu().tolist()
+
+
+@torch.no_grad()
+def oracle_evaluation(model, *, prompts: list, tokenizer, eos_id: int, pad_id: int, batch_size: int,
+                      max_new_tokens: int, temperature: float, top_p: float, seed: int, dp_rank: int, dp_size: int,
+                      device: torch.device, group=None) -> dict[str, float]:
+    """Mean oracle score of responses sampled for held-out ``prompts`` (``PromptExample``s).
+
+    Sampled at ``temperature`` (1.0: greedy decoding of a tiny model repeats one token and hides
+    the differences between policies, SPEC §6), with a fixed seed so two policies are compared on
+    the same prompts and the same random stream. Prompts are dealt out over data-parallel ranks.
+    """
+    from orchestrator.data.format import decode_response
+    from orchestrator.data.rlhf import collate_prompts
+    from orchestrator.data.task import oracle_score
+
+    mine = prompts[dp_rank::dp_size]
+    generator = sampling_generator(seed=seed + dp_rank, device=device)
+    score = length = ended = 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(mine), batch_size):
+            batch = collate_prompts(mine[start:start + batch_size], pad_id=pad_id)
+            rollout = sample(model, input_ids=batch["input_ids"].to(device),
+                             attention_mask=batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
+                             eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=generator)
+            for prompt, ids, mask in zip(batch["prompts"], rollout.responses.cpu(), rollout.response_mask.cpu()):
+                score += oracle_score(prompt, decode_response(tokenizer, ids, eos_id=eos_id))
+                length += float(mask.sum())
+                ended += float((ids[mask.bool()] == eos_id).any())
+    finally:
+        model.train(was_training)
+    score, length, ended, count = sums_over_ranks([score, length, ended, float(len(mine))], device=device, group=group)
+    count = max(count, 1.0)
+    return {"oracle_score": score / count, "response_length": length / count, "eos_rate": ended / count}

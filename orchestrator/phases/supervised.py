@@ -1,0 +1,97 @@
+"""What pretrain, SFT and the reward model have in common: one runtime, batches drawn at a
+stream position, and the runtime's ``train_step`` with the phase's loss.
+
+A subclass says how to build its runtime's starting weights (fresh, or its parent's), where its
+micro-batches come from (``micro_batch_at``) and how it evaluates; this class does the rest.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Callable, Optional
+
+import torch
+
+from orchestrator.data.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_info
+from orchestrator.engine.build import build_runtime
+from orchestrator.handoff.manifest import PARENTS
+from orchestrator.phases import outputs
+from orchestrator.phases.loop import Phase, StepOutcome
+
+
+class SupervisedPhase(Phase):
+    """One trained model; ``position`` counts examples (or blocks) consumed by all DP ranks."""
+
+    loss_fn: Optional[Callable] = None
+    """None: the runtime's LM loss on ``input_ids``/``labels``; else ``loss_fn(forward, batch)``."""
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.position = 0
+        self.tokenizer: Optional[TokenizerInfo] = None
+
+    # --- what a subclass provides -------------------------------------------------------------
+    @abc.abstractmethod
+    def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
+        """This DP rank's micro-batch at stream ``position``."""
+
+    # --- shared -------------------------------------------------------------------------------
+    def build(self, *, init_state: Optional[dict] = None) -> None:
+        """The phase's runtime under its configured layout (collective)."""
+        cfg = self.ctx.config
+        runtime = build_runtime(cfg.model, self.config.layout, self.config.optim, total_steps=self.config.loop.steps,
+                                head=self.head, seed=cfg.seed, init_state=init_state,
+                                timeout_minutes=cfg.launch.timeout_minutes)
+        self.trained = {"model": runtime}
+
+    @property
+    def runtime(self):
+        return self.trained["model"]
+
+    def train_step(self, step: int) -> StepOutcome:
+        layout = self.runtime.layout
+        micro_batches = []
+        for _ in range(layout.grad_accum):
+            micro_batches.append(self.micro_batch_at(self.position, micro_batch=layout.micro_batch,
+                                                     dp_rank=self.runtime.state.dp_rank, dp_size=layout.dp))
+            self.position += layout.micro_batch * layout.dp
+        result = self.runtime.train_step(micro_batches, loss_fn=self.loss_fn)
+        return StepOutcome(loss=result.loss, skipped=result.skipped, tokens=result.tokens,
+                           metrics={"lr": result.lr, "grad_norm": result.grad_norm, **result.metrics})
+
+    def state(self) -> dict:
+        return {"position": self.position}
+
+    def restore(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+    def tokenizer_info(self) -> dict:
+        info = self.tokenizer
+        return {"tokenizer_hash": info.tokenizer_hash, "pad_id": info.pad_id, "eos_id": info.eos_id,
+                "tokenizer_dir": run_tokenizer_dir(self.ctx).relative_to(self.ctx.run_dir).as_posix()}
+
+    def load_run_tokenizer(self) -> None:
+        """The run's tokenizer (``RUN_DIR/data/tokenizer``, written by data preparation)."""
+        path = run_tokenizer_dir(self.ctx)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no tokenizer at {path}: prepare the run's data with `orchestrate run RECIPE "
+                                    f"--run-dir {self.ctx.run_dir}` (or `orchestrate data --out {path.parent}`)")
+        self.tokenizer = tokenizer_info(path)
+        self.tokenizer.check_fits(self.ctx.config.model.vocab)
+
+    def parent_state(self, *, parent_head: str = "lm") -> dict:
+        """The first parent's consolidated weights, verified against this run's model and tokenizer."""
+        parent = PARENTS[self.name][0][0]
+        return outputs.parent_weights(self.ctx.run_dir, parent=parent, head=parent_head,
+                                      model=self.ctx.config.model.to_dict(),
+                                      tokenizer_hash=self.tokenizer.tokenizer_hash)
+
+    def hf_tokenizer(self):
+        return load_tokenizer(self.tokenizer.path)
+
+
+def run_tokenizer_dir(ctx):
+    return ctx.data_dir / "tokenizer"
+
+
+def mean_over_batches(values: list[float]) -> float:
+    return float(torch.tensor(values).mean()) if values else float("nan")
