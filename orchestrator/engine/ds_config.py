@@ -14,13 +14,23 @@ from orchestrator.plan.layout import Layout
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
-def zero_section(layout: Layout) -> dict:
-    """``zero_optimization``: the stage, overlap and bucket sizes, and CPU offload of optimizer state."""
+def zero_section(layout: Layout, *, bucket_elements: Optional[int] = None, overlap_comm: bool = False) -> dict:
+    """``zero_optimization``: the stage, overlap and bucket sizes, and CPU offload of optimizer state.
+
+    ``bucket_elements`` (the planner's ``memory.bucket_elements``) sets the reduce / all-gather
+    buckets, and under ZeRO-3 the prefetch bucket and the live-parameter cap, to what the memory
+    plan counted; None keeps DeepSpeed's defaults. ``overlap_comm`` overlaps gradient reduction with
+    the backward pass on GPUs (the time model assumes it when pp = 1).
+    """
     section: dict = {"stage": layout.zero_stage}
     if layout.zero_stage >= 1:
-        section.update(reduce_scatter=True, overlap_comm=False, contiguous_gradients=True)
+        section.update(reduce_scatter=True, overlap_comm=overlap_comm, contiguous_gradients=True)
+        if bucket_elements:
+            section.update(reduce_bucket_size=bucket_elements, allgather_bucket_size=bucket_elements)
     if layout.zero_stage == 3:
         section.update(stage3_gather_16bit_weights_on_model_save=True)
+        if bucket_elements:
+            section.update(stage3_prefetch_bucket_size=bucket_elements, stage3_max_live_parameters=bucket_elements)
     if layout.offload_optimizer:
         section["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     return section
@@ -34,9 +44,12 @@ def precision_section(precision: Precision) -> dict:
     return {}
 
 
-def monitor_section(*, tensorboard_dir: Optional[str], wandb_project: Optional[str], job_name: str) -> dict:
+def monitor_section(*, tensorboard_dir: Optional[str], wandb_project: Optional[str], job_name: str,
+                    csv_dir: Optional[str] = None) -> dict:
     """DeepSpeed's own monitors; the train loop also writes a JSONL file of its own."""
     section: dict = {}
+    if csv_dir:
+        section["csv_monitor"] = {"enabled": True, "output_path": csv_dir, "job_name": job_name}
     if tensorboard_dir:
         section["tensorboard"] = {"enabled": True, "output_path": tensorboard_dir, "job_name": job_name}
     if wandb_project:
@@ -46,7 +59,9 @@ def monitor_section(*, tensorboard_dir: Optional[str], wandb_project: Optional[s
 
 def build_ds_config(layout: Layout, *, precision: Precision = "fp32", grad_clip: float = 1.0,
                     tensorboard_dir: Optional[str] = None, wandb_project: Optional[str] = None,
-                    job_name: str = "orchestrator", steps_per_print: int = 10**9) -> dict:
+                    job_name: str = "orchestrator", steps_per_print: int = 10**9,
+                    bucket_elements: Optional[int] = None, overlap_comm: bool = False,
+                    csv_dir: Optional[str] = None) -> dict:
     """The DeepSpeed config dict for ``layout`` (dp must be resolved).
 
     The optimizer and LR schedule are not in the JSON: the runtime builds AdamW with our own
@@ -60,15 +75,17 @@ def build_ds_config(layout: Layout, *, precision: Precision = "fp32", grad_clip:
         "gradient_clipping": grad_clip,
         "steps_per_print": steps_per_print,
         "wall_clock_breakdown": False,
-        "zero_optimization": zero_section(layout),
+        "zero_optimization": zero_section(layout, bucket_elements=bucket_elements, overlap_comm=overlap_comm),
         **precision_section(precision),
-        **monitor_section(tensorboard_dir=tensorboard_dir, wandb_project=wandb_project, job_name=job_name),
+        **monitor_section(tensorboard_dir=tensorboard_dir, wandb_project=wandb_project, job_name=job_name,
+                          csv_dir=csv_dir),
     }
     if layout.pp > 1:
         config["pipeline"] = {"activation_checkpoint_interval": 1 if layout.recompute == "full" else 0}
     if layout.recompute != "none":
         config["activation_checkpointing"] = {
-            "partition_activations": layout.tp > 1 and layout.recompute == "full",
+            # with sequence parallelism the checkpointed inputs are already split over tp
+            "partition_activations": layout.tp > 1 and layout.recompute == "full" and not layout.sequence_parallel,
             "contiguous_memory_optimization": False,
             "cpu_checkpointing": False,
             "number_checkpoints": None,
