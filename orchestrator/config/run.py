@@ -192,8 +192,8 @@ class PPOConfig(PhaseConfig):
     value_clip: float = 0.2
     ptx_coef: float = 27.8
     """γ_ptx × pretraining LM loss, in the same optimizer step; 0 turns PPO-ptx off."""
-    rollout_batch: int = 16
     ppo_epochs: int = 1
+    """Optimizer passes over each rollout batch (micro_batch × grad_accum prompts per DP rank)."""
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16

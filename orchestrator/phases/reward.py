@@ -12,6 +12,7 @@ import torch
 
 from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.rlhf import collate_rm, load_rm
+from orchestrator.model.params import initial_value, plain_parameter_shapes
 from orchestrator.phases import rl_math
 from orchestrator.phases.sampling import sums_over_ranks
 from orchestrator.phases.sft import task_dir
@@ -32,11 +33,10 @@ def ranking_loss_fn(forward, batch: dict):
     return loss, {"pairwise_accuracy": accuracy.detach(), "reward_mean": rewards.detach().mean()}
 
 
-def with_scalar_head(state: dict, *, d_model: int, init_std: float, seed: int) -> dict:
-    """The SFT weights plus a fresh value head (N(0, init_std) weight, zero bias) in place of the LM head."""
-    generator = torch.Generator().manual_seed(seed)
-    head = {"value_head.weight": torch.randn(1, d_model, generator=generator) * init_std,
-            "value_head.bias": torch.zeros(1)}
+def with_scalar_head(state: dict, *, config, seed: int) -> dict:
+    """The SFT weights plus a freshly initialised value head in place of the (tied) LM head."""
+    head = {name: initial_value(name, shape, config=config, seed=seed)
+            for name, shape in plain_parameter_shapes(config, head="scalar").items() if name.startswith("value_head.")}
     return {**state, **head}
 
 
@@ -54,9 +54,7 @@ class Reward(SupervisedPhase):
                                         seq_len=seq_len)
         init = None
         if not resuming:
-            model = self.ctx.config.model
-            init = with_scalar_head(self.parent_state(), d_model=model.d_model, init_std=model.init_std,
-                                    seed=self.ctx.config.seed)
+            init = with_scalar_head(self.parent_state(), config=self.ctx.config.model, seed=self.ctx.config.seed)
         self.build(init_state=init)
 
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:

@@ -8,6 +8,7 @@ only the new token and reuses the cached keys and values of everything before it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -97,12 +98,14 @@ def sums_over_ranks(values: list[float], *, device: torch.device, group=None) ->
 @torch.no_grad()
 def oracle_evaluation(model, *, prompts: list, tokenizer, eos_id: int, pad_id: int, batch_size: int,
                       max_new_tokens: int, temperature: float, top_p: float, seed: int, dp_rank: int, dp_size: int,
-                      device: torch.device, group=None) -> dict[str, float]:
+                      device: torch.device, group=None,
+                      extra_stats: Optional[Callable[[Rollout], dict[str, float]]] = None) -> dict[str, float]:
     """Mean oracle score of responses sampled for held-out ``prompts`` (``PromptExample``s).
 
     Sampled at ``temperature`` (1.0: greedy decoding of a tiny model repeats one token and hides
     the differences between policies, SPEC §6), with a fixed seed so two policies are compared on
     the same prompts and the same random stream. Prompts are dealt out over data-parallel ranks.
+    ``extra_stats(rollout)`` may add per-batch sums (e.g. KL to a reference); they are averaged per prompt.
     """
     from orchestrator.data.format import decode_response
     from orchestrator.data.rlhf import collate_prompts
@@ -110,7 +113,7 @@ def oracle_evaluation(model, *, prompts: list, tokenizer, eos_id: int, pad_id: i
 
     mine = prompts[dp_rank::dp_size]
     generator = sampling_generator(seed=seed + dp_rank, device=device)
-    score = length = ended = 0.0
+    sums = {"oracle_score": 0.0, "response_length": 0.0, "eos_rate": 0.0}
     was_training = model.training
     model.eval()
     try:
@@ -120,11 +123,14 @@ def oracle_evaluation(model, *, prompts: list, tokenizer, eos_id: int, pad_id: i
                              attention_mask=batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
                              eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=generator)
             for prompt, ids, mask in zip(batch["prompts"], rollout.responses.cpu(), rollout.response_mask.cpu()):
-                score += oracle_score(prompt, decode_response(tokenizer, ids, eos_id=eos_id))
-                length += float(mask.sum())
-                ended += float((ids[mask.bool()] == eos_id).any())
+                sums["oracle_score"] += oracle_score(prompt, decode_response(tokenizer, ids, eos_id=eos_id))
+                sums["response_length"] += float(mask.sum())
+                sums["eos_rate"] += float((ids[mask.bool()] == eos_id).any())
+            for key, value in (extra_stats(rollout) if extra_stats else {}).items():
+                sums[key] = sums.get(key, 0.0) + value
     finally:
         model.train(was_training)
-    score, length, ended, count = sums_over_ranks([score, length, ended, float(len(mine))], device=device, group=group)
-    count = max(count, 1.0)
-    return {"oracle_score": score / count, "response_length": length / count, "eos_rate": ended / count}
+    keys = sorted(sums)
+    totals = sums_over_ranks([sums[k] for k in keys] + [float(len(mine))], device=device, group=group)
+    count = max(totals[-1], 1.0)
+    return {key: total / count for key, total in zip(keys, totals)}

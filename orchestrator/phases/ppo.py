@@ -1,0 +1,244 @@
+"""PPO-ptx (InstructGPT, Ouyang et al. 2022 §3.5, eq. 2) with a per-token KL penalty.
+
+Four models: the actor (policy, from SFT) and the critic (from the RM) are trained; the
+reference (SFT) and the reward model are frozen. One step is
+
+    rollout     sample a response per prompt with the actor (KV cache, dropout off);
+    score       old log-probs (actor), reference log-probs, old values (critic), RM score at EOS;
+    advantages  per-token reward −β·(log π − log π_SFT), + RM score at the last token; GAE (γ, λ);
+    update      clipped policy loss + γ_ptx × pretraining LM loss in ONE backward and ONE optimizer
+                step of the actor (the paper's objective, not a separate ptx step); clipped value
+                loss for the critic.
+
+All four run with dropout off (the ratio π/π_old must compare the same function, and the KL at
+step 0 is then exactly 0). PPO needs whole models for sampling, so it refuses pp > 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from orchestrator.data.mixture import derived_seed, shuffled_positions
+from orchestrator.data.pretrain import build_pretrain_data
+from orchestrator.data.rlhf import collate_prompts, load_prompts
+from orchestrator.engine.build import build_runtime
+from orchestrator.model.gpt import GPT
+from orchestrator.model.loss import lm_loss
+from orchestrator.model.params import load_plain_state, materialize, param_shards
+from orchestrator.phases import outputs, rl_math
+from orchestrator.phases.loop import StepOutcome
+from orchestrator.phases.sampling import Rollout, oracle_evaluation, sample, sampling_generator
+from orchestrator.phases.sft import load_eval_prompts, task_dir
+from orchestrator.phases.supervised import SupervisedPhase
+
+
+def frozen_model(config, *, head: str, state: dict, device: torch.device) -> GPT:
+    """A whole GPT in eval mode without gradients (reference policy, reward model)."""
+    with torch.device("meta"):
+        model = GPT(config, head=head)
+    model = materialize(model, device)
+    load_plain_state(param_shards(model), state)
+    return model.eval().requires_grad_(False)
+
+
+def response_logprobs(logits: torch.Tensor, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """log π(token) of each response token: logits at t−1 score the token at t. (B, N)."""
+    logp = torch.log_softmax(logits[:, prompt_len - 1:-1].float(), dim=-1)
+    return logp.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
+
+
+def forward_rollout(model, batch: dict):
+    """A forward over prompt + response, positions from the attention mask (left padding)."""
+    return model(batch["sequences"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+
+
+class PPO(SupervisedPhase):
+    name = "ppo"
+    head = "lm"
+
+    def setup(self, *, resuming: bool) -> None:
+        cfg, ppo = self.ctx.config, self.config
+        if ppo.layout.pp > 1:
+            raise ValueError(f"ppo.layout.pp={ppo.layout.pp}: PPO samples from whole models, so it runs with pp=1 "
+                             f"(tp, dp and ZeRO are fine); the handoff reshards the SFT/RM weights")
+        self.model_config = dataclasses.replace(cfg.model, dropout=0.0)
+        self.load_run_tokenizer()
+        self.prompts, self.data_report = load_prompts(task_dir(self.ctx) / "ppo_train.jsonl",
+                                                      tokenizer=self.hf_tokenizer(),
+                                                      max_prompt_len=self.model_config.ctx - ppo.max_new_tokens)
+        self.eval_prompts = load_eval_prompts(self)
+        self.ptx = build_pretrain_data(cfg.data, seq_len=ppo.loop.seq_len, seed=cfg.seed) if ppo.ptx_coef else None
+        self.ptx_position = 0
+        self.kl = rl_math.AdaptiveKL(value=ppo.kl_coef, target=ppo.target_kl)
+        self._build_models(resuming=resuming)
+
+    def _build_models(self, *, resuming: bool) -> None:
+        sft = self.parent_state()
+        rm = outputs.parent_weights(self.ctx.run_dir, parent="reward", head="scalar",
+                                    model=self.ctx.config.model.to_dict(), tokenizer_hash=self.tokenizer.tokenizer_hash)
+        ppo, seed = self.config, self.ctx.config.seed
+        common = dict(total_steps=ppo.loop.steps * ppo.ppo_epochs, seed=seed,
+                      timeout_minutes=self.ctx.config.launch.timeout_minutes)
+        actor = build_runtime(self.model_config, ppo.layout, ppo.optim, head="lm",
+                              init_state=None if resuming else sft, **common)
+        critic = build_runtime(self.model_config, ppo.layout, dataclasses.replace(ppo.optim, lr=ppo.critic_lr),
+                               head="scalar", init_state=None if resuming else rm, **common)
+        frozen_device = torch.device("cpu") if ppo.offload_frozen else actor.device
+        self.reference = frozen_model(self.model_config, head="lm", state=sft, device=frozen_device)
+        self.reward_model = frozen_model(self.model_config, head="scalar", state=rm, device=frozen_device)
+        self.trained = {"actor": actor, "critic": critic}
+
+    def exported_runtime(self):
+        return self.trained["actor"]
+
+    def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
+        rows = shuffled_positions(len(self.prompts), seed=self.ctx.config.seed,
+                                  start=position + dp_rank * micro_batch, count=micro_batch)
+        return collate_prompts([self.prompts[i] for i in rows], pad_id=self.tokenizer.pad_id)
+
+    # --- one PPO step ---------------------------------------------------------------------------
+    def train_step(self, step: int) -> StepOutcome:
+        actor, critic = self.trained["actor"], self.trained["critic"]
+        layout = actor.layout
+        prompts = [self.micro_batch_at(self.position + i * layout.micro_batch * layout.dp,
+                                       micro_batch=layout.micro_batch, dp_rank=actor.state.dp_rank, dp_size=layout.dp)
+                   for i in range(layout.grad_accum)]
+        self.position += layout.grad_accum * layout.micro_batch * layout.dp
+        experience = [self.score(self.rollout(batch, step=step, index=i)) for i, batch in enumerate(prompts)]
+        stats = self.advantages(experience)
+        for _ in range(self.config.ppo_epochs):
+            actor_result = actor.train_step([self.with_ptx(e) for e in experience], loss_fn=self.actor_loss)
+            critic_result = critic.train_step(experience, loss_fn=self.critic_loss)
+        if self.config.adaptive_kl:
+            self.kl.update(stats["kl"])
+        metrics = {**stats, **actor_result.metrics, "value_loss": critic_result.loss, "kl_coef": self.kl.value,
+                   "lr": actor_result.lr, "grad_norm": actor_result.grad_norm}
+        return StepOutcome(loss=actor_result.loss, skipped=actor_result.skipped or critic_result.skipped,
+                           tokens=actor_result.tokens, metrics=metrics)
+
+    def rollout(self, prompts: dict, *, step: int, index: int) -> Rollout:
+        actor = self.trained["actor"]
+        model = actor.module_for_inference()
+        model.eval()
+        generator = sampling_generator(seed=derived_seed(self.ctx.config.seed, step, index, self.ctx.rank),
+                                       device=actor.device)
+        try:
+            return sample(model, input_ids=prompts["input_ids"].to(actor.device),
+                          attention_mask=prompts["attention_mask"].to(actor.device),
+                          max_new_tokens=self.config.max_new_tokens, eos_id=self.tokenizer.eos_id,
+                          pad_id=self.tokenizer.pad_id, temperature=self.config.temperature,
+                          top_p=self.config.top_p, generator=generator)
+        finally:
+            model.train()
+
+    @torch.no_grad()
+    def score(self, rollout: Rollout) -> dict:
+        """Old log-probs, reference log-probs, old values and the RM score of one rollout micro-batch."""
+        actor, critic = self.trained["actor"], self.trained["critic"]
+        batch = {"sequences": rollout.sequences, "attention_mask": rollout.attention_mask,
+                 "position_ids": rollout.position_ids, "response_mask": rollout.response_mask.float()}
+        p = rollout.prompt_len
+        frozen = {k: v.to(next(self.reference.parameters()).device) for k, v in batch.items()}
+        last = p + rl_math.last_token_index(rollout.response_mask)
+        rm_values = forward_rollout(self.reward_model, frozen).logits
+        batch["score"] = rm_values.gather(1, last.to(rm_values.device)[:, None]).squeeze(1).to(actor.device)
+        batch["ref_logprobs"] = response_logprobs(forward_rollout(self.reference, frozen).logits,
+                                                  frozen["sequences"], p).to(actor.device)
+        for runtime, key in ((actor, "old_logprobs"), (critic, "old_values")):
+            model = runtime.module_for_inference()
+            model.eval()
+            out = forward_rollout(model, batch).logits
+            model.train()
+            batch[key] = response_logprobs(out, batch["sequences"], p) if key == "old_logprobs" else out[:, p - 1:-1]
+        batch["prompt_len"] = torch.tensor(p)
+        return batch
+
+    def advantages(self, experience: list[dict]) -> dict[str, float]:
+        """Per-token rewards and GAE for every micro-batch; advantages whitened over the rank's rollout."""
+        ppo, totals = self.config, {"kl": 0.0, "reward": 0.0, "response_length": 0.0, "eos_rate": 0.0}
+        for batch in experience:
+            mask = batch["response_mask"]
+            rewards, kl = rl_math.token_rewards(batch["score"], batch["old_logprobs"], batch["ref_logprobs"], mask,
+                                                kl_coef=self.kl.value)
+            batch["advantages"], batch["returns"] = rl_math.gae(rewards, batch["old_values"], mask, gamma=ppo.gamma,
+                                                                lam=ppo.lam)
+            responses = batch["sequences"][:, int(batch["prompt_len"]):]
+            totals["kl"] += float(kl.mean())
+            totals["reward"] += float(batch["score"].mean())
+            totals["response_length"] += float(mask.sum(1).mean())
+            totals["eos_rate"] += float(((responses == self.tokenizer.eos_id) & mask.bool()).any(1).float().mean())
+        all_adv = torch.cat([b["advantages"] for b in experience])
+        all_mask = torch.cat([b["response_mask"] for b in experience])
+        whitened = rl_math.masked_whiten(all_adv, all_mask).split([len(b["advantages"]) for b in experience])
+        for batch, adv in zip(experience, whitened):
+            batch["advantages"] = adv
+        return {key: value / len(experience) for key, value in totals.items()}
+
+    def with_ptx(self, batch: dict) -> dict:
+        """Attach a pretraining micro-batch (PPO-ptx) to a rollout micro-batch."""
+        if self.ptx is None:
+            return batch
+        actor = self.trained["actor"]
+        size = len(batch["sequences"])
+        ptx = self.ptx.train_batch(position=self.ptx_position, micro_batch=size, dp_rank=actor.state.dp_rank,
+                                   dp_size=actor.layout.dp)
+        self.ptx_position += size * actor.layout.dp
+        return {**batch, "ptx_input_ids": ptx["input_ids"], "ptx_labels": ptx["labels"]}
+
+    # --- losses ---------------------------------------------------------------------------------
+    def actor_loss(self, forward, batch: dict):
+        p = int(batch["prompt_len"])
+        logits = forward_rollout(forward, batch).logits
+        logprobs = response_logprobs(logits, batch["sequences"], p)
+        mask = batch["response_mask"]
+        loss, stats = rl_math.policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask,
+                                          clip_ratio=self.config.clip_ratio)
+        metrics = {"policy_loss": loss.detach(), **stats,
+                   "entropy": rl_math.masked_mean(rl_math.entropy_from_logits(logits[:, p - 1:-1].detach()), mask)}
+        if "ptx_input_ids" in batch:
+            ptx_loss = lm_loss(forward(batch["ptx_input_ids"]).logits, batch["ptx_labels"])
+            loss = loss + self.config.ptx_coef * ptx_loss
+            metrics["ptx_loss"] = ptx_loss.detach()
+        return loss, metrics
+
+    def critic_loss(self, forward, batch: dict):
+        p = int(batch["prompt_len"])
+        values = forward_rollout(forward, batch).logits[:, p - 1:-1]
+        mask = batch["response_mask"]
+        loss = rl_math.value_loss(values, batch["old_values"], batch["returns"], mask, value_clip=self.config.value_clip)
+        return loss, {"explained_variance": rl_math.explained_variance(values.detach(), batch["returns"], mask)}
+
+    # --- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Oracle score, RM reward and KL to the reference of the policy's samples on held-out prompts."""
+        actor = self.trained["actor"]
+        evaluation = self.ctx.config.oracle_eval
+
+        def kl_and_reward(rollout: Rollout) -> dict[str, float]:
+            scored = self.score(rollout)
+            _, kl = rl_math.token_rewards(scored["score"], scored["old_logprobs"], scored["ref_logprobs"],
+                                          scored["response_mask"], kl_coef=0.0)
+            return {"kl": float(kl.sum()), "reward": float(scored["score"].sum())}
+
+        return oracle_evaluation(actor.module_for_inference(), prompts=self.eval_prompts,
+                                 tokenizer=self.hf_tokenizer(), eos_id=self.tokenizer.eos_id,
+                                 pad_id=self.tokenizer.pad_id, batch_size=evaluation.batch_size,
+                                 max_new_tokens=evaluation.max_new_tokens, temperature=evaluation.temperature,
+                                 top_p=evaluation.top_p, seed=evaluation.seed, dp_rank=actor.state.dp_rank,
+                                 dp_size=actor.layout.dp, device=actor.device, group=actor.state.dp_group,
+                                 extra_stats=kl_and_reward)
+
+    def state(self) -> dict:
+        return {"position": self.position, "ptx_position": self.ptx_position, "kl_coef": self.kl.value}
+
+    def restore(self, state: dict) -> None:
+        self.position, self.ptx_position = int(state["position"]), int(state["ptx_position"])
+        self.kl.value = float(state["kl_coef"])
+
+    def flops_per_token(self) -> float:
+        """Actor and critic trained (2 × 6N-style), plus forward passes of four models while scoring."""
+        train = self.model_config.flops_per_token(self.config.loop.seq_len)
+        return 2 * train + 4 * train / 3
+
