@@ -2,7 +2,8 @@
 
 Before anything starts: every phase's layout is resolved against the cluster, the hostfile is
 checked, completed phases are verified, and each phase about to run has its parents either
-complete or scheduled before it. Then, per phase: skip it if its manifest is complete and still
+complete or scheduled before it. The data step (``orchestrate data`` into ``RUN_DIR/data``) runs
+once per run directory. Then, per phase: skip it if its manifest is complete and still
 verifies; otherwise write its configs, start its launcher, and tee the output to
 ``PHASE/logs/launch.log``. A failure stops the run with the log's tail and the command that
 reruns the phase; an interrupted phase is simply run again (it resumes from its latest
@@ -11,6 +12,7 @@ checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import IO, Optional
 
 from orchestrator.config.loader import to_dict
 from orchestrator.config.run import PHASES, RunConfig
-from orchestrator.engine.launch import ENTRY_MODULE, deepspeed_env_text
+from orchestrator.engine.launch import ENTRY_MODULE, LaunchCommand, deepspeed_env_text
 from orchestrator.handoff.manifest import PARENTS, Manifest, rerun_hint, verified_complete, verify_parent
 from orchestrator.orchestrate.prepare import (DEEPSPEED_ENV, PhaseJob, prepare_jobs, with_run_dir,
                                               write_job, write_run_files)
@@ -88,6 +90,31 @@ def print_dry_run(config: RunConfig, run_dir: Path, steps: list[Step], out: IO[s
         print(f"--- {run_dir / DEEPSPEED_ENV}\n{deepspeed_env_text(env)}", end="", file=out)
 
 
+def data_command(run_dir: Path) -> LaunchCommand:
+    """``orchestrate data`` into ``RUN_DIR/data`` with the run's own config: tokenizer, corpus, task files."""
+    absolute = Path(os.path.abspath(run_dir))
+    return LaunchCommand(argv=(sys.executable, "-m", "orchestrator", "data", "--out", str(absolute / "data"),
+                               "--recipe", str(absolute / "run_config.yaml")))
+
+
+def data_ready(run_dir: Path) -> bool:
+    return (run_dir / "data" / "data.json").is_file() and (run_dir / "data" / "tokenizer").is_dir()
+
+
+def prepare_data(run_dir: Path, out: IO[str]) -> int:
+    """Run the data step once per run directory (delete ``RUN_DIR/data`` to prepare it again)."""
+    if data_ready(run_dir):
+        print(f"[data] skip: {run_dir / 'data'} is prepared (delete it to prepare it again)", file=out, flush=True)
+        return 0
+    command = data_command(run_dir)
+    print(f"[data] $ {command.shell()}", file=out, flush=True)
+    code, tail = run_logged(command, log_path=run_dir / "data" / "prepare.log", out=out)
+    if code != 0:
+        print(f"[data] failed (exit code {code}); last lines of {run_dir / 'data' / 'prepare.log'}:\n"
+              f"{format_tail(tail)}", file=out, flush=True)
+    return code
+
+
 def run_step(step: Step, *, run_dir: Path, node_rank: int, out: IO[str]) -> int:
     """Start the phase's launcher for this node; 0 once the phase is complete."""
     job, started = step.job, time.monotonic()
@@ -110,18 +137,27 @@ def run_step(step: Step, *, run_dir: Path, node_rank: int, out: IO[str]) -> int:
 
 def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Optional[str] = None,
                  start: Optional[str] = None, dry_run: bool = False, node_rank: int = 0,
-                 entry_module: str = ENTRY_MODULE, out: Optional[IO[str]] = None) -> int:
-    """Run (or, with ``dry_run``, print) the selected phases; the exit code of the first failure, or 0."""
+                 entry_module: str = ENTRY_MODULE, with_data: bool = True, out: Optional[IO[str]] = None) -> int:
+    """Run (or, with ``dry_run``, print) the selected phases; the exit code of the first failure, or 0.
+
+    ``with_data``: prepare ``RUN_DIR/data`` (tokenizer, corpus, task files) before the first phase
+    that runs, on node 0; False for entry modules that read no data.
+    """
     out = out or sys.stdout
     config = with_run_dir(config, run_dir)
     directory = Path(config.run_dir)
     steps = plan_steps(config, run_dir=directory, selected=select_phases(config.phases, only=only, start=start),
                        entry_module=entry_module)
     describe_run(config, directory, steps, out)
+    needs_data = with_data and node_rank == 0 and any(s.done is None for s in steps)
     if dry_run:
+        if needs_data and not data_ready(directory):
+            print(f"[data] $ {data_command(directory).shell()}", file=out)
         print_dry_run(config, directory, steps, out)
         return 0
     write_run_files(config, directory, dict(steps[0].job.launch.commands[0].env))
+    if needs_data and (code := prepare_data(directory, out)) != 0:
+        return code
     for step in steps:
         if step.done is not None:
             print(skip_message(directory, step), file=out, flush=True)

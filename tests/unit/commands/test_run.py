@@ -39,6 +39,7 @@ def recipe(tmp_path, launcher="torchrun", **extra):
 
 def run(data, overrides=(), **kwargs):
     out = io.StringIO()
+    kwargs.setdefault("with_data", False)  # the stand-in reads no data; one test below runs the real step
     code = run_pipeline(load_run_config(data, list(overrides)), entry_module=STAND_IN, out=out, **kwargs)
     return code, out.getvalue()
 
@@ -110,8 +111,9 @@ def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, capsys):
     assert main(["run", str(path), "--dry-run", "--set", "pretrain.layout.zero_stage=1"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("[")]
-    assert [line.split("]")[0][1:] for line in lines] == ["pretrain", "sft", "reward", "ppo"]
-    assert "deepspeed --num_gpus 1 --master_port" in lines[0] and "--module orchestrator.phases.entry" in lines[0]
+    assert [line.split("]")[0][1:] for line in lines] == ["data", "pretrain", "sft", "reward", "ppo"]
+    assert "-m orchestrator data --out" in lines[0]
+    assert "deepspeed --num_gpus 1 --master_port" in lines[1] and "--module orchestrator.phases.entry" in lines[1]
     assert list(tmp_path.iterdir()) == [path]
 
 
@@ -195,3 +197,15 @@ def test_the_accelerate_launcher_runs_a_phase_on_two_ranks_with_the_phase_deepsp
     for rank in (0, 1):
         assert f"pretrain: rank {rank} of 2 up, accelerate's DeepSpeed config: {ds_config}" in out
     assert json.loads(ds_config.read_text())["train_batch_size"] == 2  # micro_batch 1 × dp 2
+
+
+def test_the_data_step_prepares_the_run_directory_once(tmp_path):
+    data = recipe(tmp_path, phases=["pretrain"])
+    data["data"] = {"cache_dir": str(tmp_path / "cache")}
+    code, out = run(data, with_data=True)
+    assert code == 0, out
+    assert "[data] $ " in out and (tmp_path / "run" / "data" / "tokenizer" / "tokenizer.json").is_file()
+    assert {"sft_train.jsonl", "rm_train.jsonl", "ppo_train.jsonl"} <= {p.name for p in (tmp_path / "run" / "data").iterdir()}
+    (tmp_path / "run" / "pretrain").rename(tmp_path / "old")  # train pretrain again, data stays
+    code, out = run(data, with_data=True)
+    assert code == 0 and "[data] skip:" in out
