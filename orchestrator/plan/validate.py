@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator, Literal
 
 from orchestrator.plan.job import BATCH_TOLERANCE, Job
@@ -44,8 +45,15 @@ def note(code: str, message: str) -> Issue:
     return Issue("note", code, message)
 
 
+@lru_cache(maxsize=1024)
+def _divisors(n: int) -> tuple[int, ...]:
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return tuple(sorted(set(small + [n // d for d in small])))
+
+
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The positive divisors of n, ascending."""
+    return list(_divisors(n))
 
 
 def _names(values: list[int]) -> str:

@@ -5,7 +5,7 @@ import pytest
 
 from orchestrator.config.cluster import make_cluster
 from orchestrator.config.model import get_model
-from orchestrator.plan.calibration import FITTED, ROWS, SEQ, VOCAB
+from orchestrator.plan.calibration import FITTED, HELD_OUT, ROWS, SEQ, VOCAB
 from orchestrator.plan.fit import fit_constants, reproduce, row_job
 from orchestrator.plan.job import BatchTarget, Job
 from orchestrator.plan.layout import Layout
@@ -31,6 +31,12 @@ def test_hardware_flops_are_narayanans_96_Bslh2_formula(row):
 def test_calibration_rows_are_reproduced_within_5_percent(row):
     (reproduction,) = reproduce((row,), FITTED)
     assert abs(reproduction.relative_error) < 0.05, reproduction
+
+
+@pytest.mark.parametrize("row", HELD_OUT, ids=[f"{r.params_billion}B" for r in HELD_OUT])
+def test_runs_the_fit_never_saw_are_predicted_within_10_percent(row):
+    (reproduction,) = reproduce((row,), FITTED)
+    assert abs(reproduction.relative_error) < 0.10, reproduction
 
 
 def test_refitting_the_table_finds_the_shipped_constants():
