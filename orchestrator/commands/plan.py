@@ -62,7 +62,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     fixed.add_argument("--interleave", type=int, help="virtual pipeline stages per rank (Megatron's schedule)")
     fixed.add_argument("--max-interleave", type=int, default=1, help="search interleave up to this (default 1)")
     fixed.add_argument("--offload", action="store_true", help="offload optimizer state to the CPU (ZeRO-Offload)")
-    fixed.add_argument("--no-sequence-parallel", action="store_true", help="keep LayerNorm/dropout activations whole")
+    fixed.add_argument("--sequence-parallel", action="store_true",
+                       help="shard LayerNorm/dropout activations over tp (this project's runtime does not run it)")
     parser.add_argument("--uneven-pipeline", action="store_true", help="allow pp that does not divide the layers")
     parser.add_argument("--ppo", action="store_true", help="plan PPO's four models (actor, critic, reference, reward)")
     parser.add_argument("--offload-frozen", action="store_true", help="PPO: keep the frozen models in host RAM")
@@ -98,7 +99,7 @@ def build_job(args: argparse.Namespace) -> Job:
 def build_fixed(args: argparse.Namespace) -> Fixed:
     return Fixed(tp=args.tp, pp=args.pp, dp=args.dp, ep=args.ep, zero_stage=args.zero, micro_batch=args.micro_batch,
                  recompute=args.recompute, interleave=args.interleave, offload_optimizer=args.offload,
-                 sequence_parallel=False if args.no_sequence_parallel else None, max_interleave=args.max_interleave)
+                 sequence_parallel=args.sequence_parallel, max_interleave=args.max_interleave)
 
 
 def plan_search(args: argparse.Namespace) -> tuple[Job, SearchResult, float]:

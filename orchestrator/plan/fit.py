@@ -26,11 +26,11 @@ TRAFFIC_RANGE = (0.0, 40.0)
 
 def row_job(row: CalibrationRow, constants: TimeConstants) -> tuple[Job, Layout]:
     """The row as a planning problem: its model shape, an A100-80G cluster, its layout (full
-    recompute, fp16, no ZeRO, no sequence parallelism)."""
+    recompute, fp16, no ZeRO, no sequence parallelism, Megatron's scatter/gather pipeline messages)."""
     model = GPTConfig(name=f"megatron-{row.params_billion:g}b", n_layers=row.layers, d_model=row.hidden,
                       n_heads=row.heads, d_head=row.hidden // row.heads, ctx=SEQ, vocab=VOCAB)
     job = Job(model=model, cluster=make_cluster(gpu=GPU, gpus=row.gpus, gpus_per_node=GPUS_PER_NODE), seq=SEQ,
-              batch=BatchTarget(row.global_batch), precision="fp16", constants=constants)
+              batch=BatchTarget(row.global_batch), precision="fp16", scatter_gather_p2p=True, constants=constants)
     layout = Layout(tp=row.tp, pp=row.pp, dp=row.dp, micro_batch=row.micro_batch,
                     grad_accum=row.global_batch // (row.micro_batch * row.dp), recompute="full",
                     interleave=row.interleave, sequence_parallel=False)

@@ -66,6 +66,9 @@ class Job:
     """Plan the four PPO models together (actor and critic trained, reference and reward frozen)."""
     offload_frozen: bool = False
     """PPO: keep the frozen models' weights on the CPU."""
+    scatter_gather_p2p: bool = False
+    """Megatron-LM's scatter/gather of pipeline messages (Narayanan et al. 2021, §4.1): each tp rank
+    sends 1/t of the activation. DeepSpeed's pipeline engine sends the whole tensor from every rank."""
     train_tokens: float = 300e9
     """Tokens to train on, for the days-to-train figure (GPT-3: 300B)."""
     constants: TimeConstants = field(default_factory=lambda: FITTED)

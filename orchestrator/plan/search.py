@@ -39,8 +39,9 @@ class Fixed:
     recompute: Optional[Recompute] = None
     interleave: Optional[int] = None
     offload_optimizer: bool = False
-    sequence_parallel: Optional[bool] = None
-    """None: on whenever tp > 1 (Korthikanti et al. 2022)."""
+    sequence_parallel: bool = False
+    """Shard LayerNorm/dropout activations over tp (Korthikanti et al. 2022) in every tp > 1 layout.
+    Off by default: this project's runtime refuses it (``engine/build.py``)."""
     max_interleave: int = 1
     """Largest interleave the search tries when ``interleave`` is not fixed."""
 
@@ -69,7 +70,7 @@ def candidate_layouts(job: Job, fixed: Fixed) -> Iterator[Layout]:
     recomputes = [fixed.recompute] if fixed.recompute else list(RECOMPUTES)
     for tp, pp, dp, ep in parallel_degrees(job, fixed):
         interleaves = _choices(fixed.interleave, list(range(1, fixed.max_interleave + 1)) if pp > 1 else [1])
-        sequence_parallel = fixed.sequence_parallel if fixed.sequence_parallel is not None else tp > 1
+        sequence_parallel = fixed.sequence_parallel and tp > 1
         for zero, micro_batch, recompute, interleave in product(zeros, micro_batches, recomputes, interleaves):
             yield Layout(tp=tp, pp=pp, dp=dp, ep=ep, zero_stage=zero, offload_optimizer=fixed.offload_optimizer,
                          micro_batch=micro_batch, recompute=recompute, interleave=interleave,
@@ -116,5 +117,6 @@ def describe_layout(layout: Layout) -> str:
     parts += [f"ep{layout.ep}"] if layout.ep > 1 else []
     parts += [f"zero{layout.zero_stage}" + ("+offload" if layout.offload_optimizer else ""),
               f"mb{layout.micro_batch}×{layout.grad_accum}", layout.recompute]
+    parts += ["sp"] if layout.sequence_parallel else []
     parts += [f"v{layout.interleave}"] if layout.interleave > 1 else []
     return " ".join(parts)

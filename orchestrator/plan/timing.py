@@ -8,8 +8,8 @@ Per micro-batch, on the slowest pipeline stage:
              values, ring cost 2(t−1)/t · bytes / bandwidth (Narayanan et al. 2021, §3.3)
   EP       = 4 all-to-alls per MoE layer (dispatch and combine, forward and backward; +2 recompute),
              (e−1)/e · bytes / bandwidth
-  PP       = activations forward and gradients back, s·b·h/t per rank per virtual stage
-             (Megatron's scatter/gather, or the sequence-parallel shard)
+  PP       = activations forward and gradients back, s·b·h per rank per virtual stage
+             (s·b·h/t with Megatron's scatter/gather or the sequence-parallel shard)
 Per step:
   pipeline = (m + (p−1)/v) · micro-batch time: 1F1B's bubble (p−1)/(m+p−1), interleaved (p−1)/(v·m+p−1)
   DP       = gradient all-reduce (ZeRO: reduce-scatter + all-gather; ZeRO-2 reduces every
@@ -163,7 +163,8 @@ def pp_comm_s(layout: Layout, job: Job) -> float:
     """Point-to-point activations and gradients between stages, per micro-batch; v times with interleaving."""
     if layout.pp == 1:
         return 0.0
-    nbytes = job.seq * layout.micro_batch * job.model.d_model * job.param_bytes / layout.tp
+    split = layout.tp if (layout.sequence_parallel or job.scatter_gather_p2p) else 1
+    nbytes = job.seq * layout.micro_batch * job.model.d_model * job.param_bytes / split
     bandwidth = job.cluster.bandwidth(group_span=2 * layout.tp * layout.dp)
     return 2 * layout.interleave * nbytes / bandwidth
 

@@ -112,6 +112,9 @@ def _check_tensor(layout: Layout, job: Job) -> Iterator[Issue]:
                                 f"(a multiple of tp {tp}) for the vocab-parallel embedding")
     if layout.sequence_parallel and tp == 1:
         yield warning("sp_tp1", "sequence_parallel has no effect with tp 1")
+    elif layout.sequence_parallel:
+        yield warning("runtime_sp", "sequence parallel: this project's runtime does not run it yet "
+                                    "(engine/build.py refuses it); the plan needs a Megatron-style runtime")
 
 
 def _check_pipeline(layout: Layout, job: Job) -> Iterator[Issue]:
@@ -161,6 +164,9 @@ def _check_experts(layout: Layout, job: Job) -> Iterator[Issue]:
     if dp % ep:
         valid = [e for e in divisors(model.n_experts) if dp % e == 0]
         yield error("ep_dp", f"ep {ep} is carved out of dp {dp} and must divide it: use ep ∈ {_names(valid)}")
+    if layout.tp > 1 or layout.pp > 1:
+        yield warning("runtime_moe", f"MoE with tp {layout.tp} and pp {layout.pp}: this project's runtime runs "
+                                     f"experts with tp 1 and pp 1 only (engine/build.py)")
 
 
 def _check_zero(layout: Layout, job: Job) -> Iterator[Issue]:
