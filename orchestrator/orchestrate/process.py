@@ -89,7 +89,7 @@ def run_logged(command: LaunchCommand, *, log_path: Path, out: Optional[IO[str]]
                 out.flush()
                 log.write(line)
                 log.flush()
-                tail.append(line.rstrip("\n"))
+                tail.append(line.rstrip("\n").rstrip("\r").split("\r")[-1])  # a progress bar's last state
             code = process.wait()
             stop_group(process)  # ranks orphaned by a launcher that died first
         except BaseException:  # Ctrl-C or an error in this loop: leave nothing running
