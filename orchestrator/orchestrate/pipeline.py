@@ -22,7 +22,7 @@ from orchestrator.config.loader import to_dict
 from orchestrator.config.run import PHASES, RunConfig
 from orchestrator.engine.launch import ENTRY_MODULE, LaunchCommand, deepspeed_env_text
 from orchestrator.handoff.manifest import PARENTS, Manifest, rerun_hint, verified_complete, verify_parent
-from orchestrator.orchestrate.prepare import (DEEPSPEED_ENV, PhaseJob, prepare_jobs, with_run_dir,
+from orchestrator.orchestrate.prepare import (DEEPSPEED_ENV, PhaseJob, missing_backend, prepare_jobs, with_run_dir,
                                               write_job, write_run_files)
 from orchestrator.orchestrate.process import format_tail, run_logged
 
@@ -150,11 +150,16 @@ def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Opti
                        entry_module=entry_module)
     describe_run(config, directory, steps, out)
     needs_data = with_data and node_rank == 0 and any(s.done is None for s in steps)
+    backend = missing_backend(config)
     if dry_run:
+        if backend:
+            print(f"warning: {backend}", file=out)
         if needs_data and not data_ready(directory):
             print(f"[data] $ {data_command(directory).shell()}", file=out)
         print_dry_run(config, directory, steps, out)
         return 0
+    if backend and any(s.done is None for s in steps):
+        raise ValueError(backend)
     write_run_files(config, directory, dict(steps[0].job.launch.commands[0].env))
     if needs_data and (code := prepare_data(directory, out)) != 0:
         return code

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -98,6 +99,21 @@ def launch_target(config: RunConfig) -> Target:
     return Target(nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node, hostfile=hostfile,
                   multinode=launch.multinode, master_addr=launch.master_addr, master_port=launch.master_port,
                   launcher_args=launch.launcher_args)
+
+
+# What DeepSpeed's runner looks for on the head node before it starts a multi-node backend
+# (``backend_exists`` in deepspeed/launcher/multinode_runner.py).
+BACKEND_PROGRAMS = {"pdsh": "pdsh", "openmpi": "ompi_info", "slurm": "sinfo"}
+
+
+def missing_backend(config: RunConfig) -> Optional[str]:
+    """Why the multi-node backend cannot start from this machine, or None."""
+    launch = config.launch
+    program = BACKEND_PROGRAMS.get(launch.multinode)
+    if config.cluster.nodes == 1 or launch.launcher == "torchrun" or program is None or shutil.which(program):
+        return None
+    return (f"launch.multinode={launch.multinode} needs `{program}` on this machine (DeepSpeed checks for it): "
+            f"install it, or set launch.multinode=no_ssh and run `orchestrate run ... --node-rank R` on every node")
 
 
 def job_env(config: RunConfig, run_dir: Path) -> dict[str, str]:

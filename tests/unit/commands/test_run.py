@@ -209,3 +209,15 @@ def test_the_data_step_prepares_the_run_directory_once(tmp_path):
     (tmp_path / "run" / "pretrain").rename(tmp_path / "old")  # train pretrain again, data stays
     code, out = run(data, with_data=True)
     assert code == 0 and "[data] skip:" in out
+
+
+def test_a_multinode_backend_missing_on_this_machine_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    data = recipe(tmp_path, launcher="deepspeed", cluster={"nodes": 2, "gpus_per_node": 1})
+    data["launch"].update(hostfile=str(hostfile), multinode="pdsh")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pdsh here
+    with pytest.raises(ValueError, match="launch.multinode=pdsh needs `pdsh` on this machine"):
+        run(data)
+    assert not (tmp_path / "run").exists()
+    assert run(data, dry_run=True)[1].count("warning: launch.multinode=pdsh needs `pdsh`") == 1
