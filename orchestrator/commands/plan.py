@@ -74,13 +74,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_job(args: argparse.Namespace) -> Job:
     """Model (preset or file, then --set overrides), cluster, batch and options from the arguments."""
-    data = apply_overrides({"model": args.model}, args.overrides)
-    unknown = [key for key in data if key != "model"]
-    if unknown:
-        raise ConfigError(f"--set {unknown[0]}...: only model.* fields can be overridden here")
-    model = resolve_model(data["model"])
+    outside = [text for text in args.overrides if not text.startswith("model.")]
+    if outside:
+        raise ConfigError(f"--set {outside[0]}: only model.* fields can be overridden here")
+    model = resolve_model(apply_overrides({"model": args.model}, args.overrides)["model"])
     cluster = make_cluster(gpu=args.gpu, gpus=args.gpus, gpus_per_node=args.gpus_per_node)
-    seq = args.seq or model.ctx
+    seq = model.ctx if args.seq is None else args.seq
+    if not 1 <= seq <= model.ctx:
+        raise ValueError(f"--seq {seq}: must be in 1..{model.ctx} (the model's context); "
+                         f"or raise it with --set model.ctx={seq}")
     if args.global_batch is not None:
         batch = BatchTarget(args.global_batch)
     elif args.global_batch_tokens is not None:
@@ -110,10 +112,12 @@ def plan_search(args: argparse.Namespace) -> tuple[Job, SearchResult, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise ValueError(f"--top {args.top}: must be >= 1")
     job, result, seconds = plan_search(args)
     if result.single:
         return report_single(result.rejected[0] if result.rejected else result.ranked[0], job, as_json=args.json)
-    plans = [make_plan(evaluation, job) for evaluation in result.ranked[:max(args.top, 0)]]
+    plans = [make_plan(evaluation, job) for evaluation in result.ranked[:args.top]]
     if args.json:
         print(json.dumps([plan.row() for plan in plans], indent=2))
     else:

@@ -45,6 +45,12 @@ class Fixed:
     max_interleave: int = 1
     """Largest interleave the search tries when ``interleave`` is not fixed."""
 
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp", "dp", "ep", "micro_batch", "interleave", "max_interleave"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {value}: must be >= 1")
+
 
 def _choices(fixed: Optional[int], options: list[int]) -> list[int]:
     return [fixed] if fixed is not None else options
