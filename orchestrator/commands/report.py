@@ -27,13 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def panel_series(records: tuple[dict, ...], keys: tuple[str, ...]) -> list[tuple[str, list[int], list[float]]]:
-    """(label, steps, values) per key and kind that has data: ``loss (train)``, ``eval_loss (eval)``."""
+    """(label, steps, values) per key and kind that has data: ``loss (train)``, ``eval_loss (eval)``.
+
+    A phase's ``final`` event is its last evaluation, so it extends the eval line.
+    """
     lines = []
     for key in keys:
-        for kind in ("train", "eval"):
-            steps, values = series(records, key, kind=kind)
+        for label, kinds in (("train", ("train",)), ("eval", ("eval", "final"))):
+            steps, values = series([r for r in records if r.get("kind") in kinds], key)
             if steps:
-                lines.append((f"{key} ({kind})", steps, values))
+                lines.append((f"{key} ({label})", steps, values))
     return lines
 
 

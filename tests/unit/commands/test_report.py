@@ -28,3 +28,11 @@ def test_report_of_a_ppo_run_plots_reward_and_kl(tmp_path):
     assert main(["report", str(run_dir), "--out", str(tmp_path / "out")]) == 0
     assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["ppo.png"]
     assert "| ppo | complete | 8 | reward 0.8 | reward 0.8, kl 0.4 |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_final_event_extends_the_eval_curve(tmp_path):
+    from orchestrator.commands.report import panel_series
+    records = ({"step": 5, "kind": "eval", "eval_loss": 2.0}, {"step": 6, "kind": "train", "loss": 1.9},
+               {"step": 10, "kind": "final", "eval_loss": 1.5})
+    assert panel_series(records, ("loss", "eval_loss")) == [("loss (train)", [6], [1.9]),
+                                                             ("eval_loss (eval)", [5, 10], [2.0, 1.5])]
