@@ -53,6 +53,25 @@ def forward_rollout(model, batch: dict):
     return model(batch["sequences"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
 
 
+def actor_objective(forward, batch: dict, *, clip_ratio: float, ptx_coef: float):
+    """The PPO-ptx objective of one micro-batch (Ouyang et al. 2022, eq. 2, negated to a loss):
+    clipped policy loss on the rollout + ptx_coef × LM loss on the attached pretraining batch,
+    summed so ONE backward puts both gradients into the same optimizer step."""
+    p = int(batch["prompt_len"])
+    logits = forward_rollout(forward, batch).logits
+    logprobs = response_logprobs(logits, batch["sequences"], p)
+    mask = batch["response_mask"]
+    loss, stats = rl_math.policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask,
+                                      clip_ratio=clip_ratio)
+    metrics = {"policy_loss": loss.detach(), **stats,
+               "entropy": rl_math.masked_mean(rl_math.entropy_from_logits(logits[:, p - 1:-1].detach()), mask)}
+    if ptx_coef and "ptx_input_ids" in batch:
+        ptx_loss = lm_loss(forward(batch["ptx_input_ids"]).logits, batch["ptx_labels"])
+        loss = loss + ptx_coef * ptx_loss
+        metrics["ptx_loss"] = ptx_loss.detach()
+    return loss, metrics
+
+
 class PPO(SupervisedPhase):
     name = "ppo"
     head = "lm"
@@ -188,19 +207,7 @@ class PPO(SupervisedPhase):
 
     # --- losses ---------------------------------------------------------------------------------
     def actor_loss(self, forward, batch: dict):
-        p = int(batch["prompt_len"])
-        logits = forward_rollout(forward, batch).logits
-        logprobs = response_logprobs(logits, batch["sequences"], p)
-        mask = batch["response_mask"]
-        loss, stats = rl_math.policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask,
-                                          clip_ratio=self.config.clip_ratio)
-        metrics = {"policy_loss": loss.detach(), **stats,
-                   "entropy": rl_math.masked_mean(rl_math.entropy_from_logits(logits[:, p - 1:-1].detach()), mask)}
-        if "ptx_input_ids" in batch:
-            ptx_loss = lm_loss(forward(batch["ptx_input_ids"]).logits, batch["ptx_labels"])
-            loss = loss + self.config.ptx_coef * ptx_loss
-            metrics["ptx_loss"] = ptx_loss.detach()
-        return loss, metrics
+        return actor_objective(forward, batch, clip_ratio=self.config.clip_ratio, ptx_coef=self.config.ptx_coef)
 
     def critic_loss(self, forward, batch: dict):
         p = int(batch["prompt_len"])

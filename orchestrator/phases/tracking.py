@@ -1,7 +1,7 @@
 """Where a phase's numbers go: ``metrics.jsonl`` (``handoff.metrics``) always, TensorBoard and wandb too.
 
 Only rank 0 writes. wandb runs offline unless ``WANDB_API_KEY`` is set (nothing leaves the
-machine by default); TensorBoard event files sit beside ``metrics.jsonl`` in ``tensorboard/``.
+machine by default; ``WANDB_MODE=disabled`` turns it off); TensorBoard event files sit beside ``metrics.jsonl`` in ``tensorboard/``.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _open_wandb(phase_dir: Path, *, phase: str, config: dict):
         import wandb
     except ImportError:
         return None
-    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "gpt-orchestrator"), name=phase,
                       dir=str(phase_dir), mode=mode, config=config, reinit="finish_previous")
