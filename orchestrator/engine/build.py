@@ -105,6 +105,8 @@ def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *
                              clip_norm=global_norm_clipper(state) if own_clipping else None)
     # 6. DeepSpeed
     ds_config = build_ds_config(layout, precision=precision, grad_clip=0.0 if own_clipping else optim.grad_clip)
+    # GuardedAdamW is torch's AdamW plus the skip guard; DeepSpeed vets ZeRO optimizers by exact type.
+    ds_config["zero_allow_untested_optimizer"] = True
     ds_config = _merge(ds_config, ds_overrides or {})
     runtime.engine = _initialize(module, optimizer, ds_config, state=state)
     return runtime

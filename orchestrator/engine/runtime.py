@@ -112,6 +112,8 @@ class Runtime:
 
     def pipeline_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """The last pipeline stage's loss (DeepSpeed calls it with the stage output and labels)."""
+        if self.layout.tp > 1 and not torch.is_grad_enabled():
+            logits = logits.clone()     # eval: keep the logits intact (Megatron's cross-entropy overwrites them)
         loss = lm_loss(logits, labels, vocab_parallel=self.layout.tp > 1)
         self.guard.observe(loss)
         return loss

@@ -156,7 +156,8 @@ def _is_expert(mlp: MLP) -> bool:
 def vocab_parallel_lm_loss(local_logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Summed token cross-entropy and the count of counted tokens, from vocab-sharded logits,
     through Megatron-core's ``vocab_parallel_cross_entropy`` (its max / sum-exp all-reduces keep
-    the full softmax without gathering the logits). Labels of -100 are not counted. It reads
+    the full softmax without gathering the logits). Labels of -100 are not counted. Megatron
+    computes the softmax in place: ``local_logits`` holds garbage afterwards. It reads
     Megatron's own TP group, which ``ParallelState`` initialises to the DeepSpeed grid's."""
     counted = labels != -100
     per_token = vocab_parallel_cross_entropy(local_logits.float(), labels.clamp(min=0))   # (B, T)
