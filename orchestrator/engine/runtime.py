@@ -160,17 +160,20 @@ class Runtime:
     # --- checkpoints and handoff ------------------------------------------------------------
     def save(self, directory: str | Path, *, tag: str, client_state: dict) -> None:
         """DeepSpeed checkpoint (weights, optimizer, ZeRO partitions) under ``directory/tag``. Collective."""
-        state = {**client_state, "_runtime": {"steps_done": self.steps_done}}
+        state = {"client_state": client_state, "runtime": {"steps_done": self.steps_done}}
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=state)
 
     def load(self, directory: str | Path, *, tag: str) -> dict:
         """Restore a checkpoint written by ``save`` under the same layout; returns its client state."""
+        if not (Path(directory) / tag).is_dir():
+            raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {tag!r} in {directory}: "
+                                    f"list the directory for the saved tags")
         path, client_state = self.engine.load_checkpoint(str(directory), tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {tag!r} in {directory}: "
                                     f"list the directory for the saved tags")
-        self.steps_done = int(client_state.pop("_runtime", {}).get("steps_done", 0))
-        return client_state
+        self.steps_done = int(client_state["runtime"]["steps_done"])
+        return client_state["client_state"]
 
     def consolidated_state_dict(self) -> dict[str, Tensor]:
         """The plain GPT state dict (fp32, CPU) on rank 0, from any layout; {} elsewhere. Collective."""

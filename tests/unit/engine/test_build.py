@@ -1,0 +1,146 @@
+"""The runtime on one process (a world of one, gloo): training, skipping, schedule, checkpoints,
+handoff. The multi-rank layouts are proven in tests/distributed/."""
+import dataclasses
+import math
+import os
+
+import pytest
+import torch
+
+from orchestrator.config.model import get_model
+from orchestrator.config.run import OptimConfig
+from orchestrator.engine.build import build_runtime, check_layout_for_model, init_distributed
+from orchestrator.model.attention import KVCache
+from orchestrator.plan.layout import Layout, LayoutError
+
+OPTIM = OptimConfig(lr=3e-3, warmup_steps=2, grad_clip=1.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world_of_one():
+    saved = dict(os.environ)
+    init_distributed(timeout_minutes=2)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)          # the rendezvous variables must not leak into later subprocesses
+
+
+def batches(count: int, *, seed: int = 0, vocab: int = 64) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.randint(0, vocab, (count, 2, 17), generator=g)
+    return [{"input_ids": b[:, :-1], "labels": b[:, 1:]} for b in blocks]
+
+
+def runtime(preset="tiny", layout=None, **kwargs):
+    return build_runtime(get_model(preset), layout or Layout(grad_accum=2), OPTIM, total_steps=20, seed=1, **kwargs)
+
+
+def weights(rt) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in rt.engine.module.state_dict().items()}
+
+
+def test_one_process_trains_with_zero0_and_reports_the_step():
+    rt = runtime()
+    data = batches(2)
+    results = [rt.train_step(data) for _ in range(8)]
+    assert results[-1].loss < results[0].loss - 0.5
+    assert results[0].tokens == 2 * 2 * 16 and not any(r.skipped for r in results)
+    assert [r.lr for r in results[:3]] == pytest.approx([1.5e-3, 3e-3, 3e-3], rel=1e-6)
+    assert all(math.isfinite(r.grad_norm) and r.grad_norm > 0 for r in results)
+    assert results[0].metrics["lm_loss"] == pytest.approx(results[0].loss) and results[0].metrics["aux_loss"] == 0
+
+
+def test_a_non_finite_loss_skips_the_step_and_leaves_the_weights_unchanged():
+    rt = runtime()
+    rt.train_step(batches(2))
+    before, adam_before = weights(rt), {k: v["step"].clone() for k, v in rt.engine.optimizer.state.items()}
+
+    def nan_loss(forward, batch):
+        loss, metrics = rt.lm_loss(forward, batch)
+        return loss * math.inf, metrics
+
+    result = rt.train_step(batches(2, seed=1), loss_fn=nan_loss)
+    assert result.skipped and math.isnan(result.grad_norm)
+    assert all(torch.equal(before[k], v) for k, v in weights(rt).items())
+    assert {k: v["step"] for k, v in rt.engine.optimizer.state.items()} == adam_before
+    assert rt.steps_done == 1
+    assert not rt.train_step(batches(2, seed=2)).skipped and rt.steps_done == 2
+
+
+def test_weight_decay_skips_biases_and_layernorm_gains():
+    rt = runtime()
+    groups = {g["name"]: g for g in rt.engine.optimizer.param_groups}
+    assert groups["decay"]["weight_decay"] == OPTIM.weight_decay and groups["no_decay"]["weight_decay"] == 0.0
+    assert all(p.dim() < 2 for p in groups["no_decay"]["params"])
+    assert all(p.dim() == 2 for p in groups["decay"]["params"])
+
+
+def test_moe_expert_parameters_get_their_own_optimizer_groups_and_an_aux_loss():
+    rt = runtime("tiny-moe")
+    assert any(g.get("moe") for g in rt.engine.optimizer.param_groups)
+    result = rt.train_step(batches(2))
+    assert result.metrics["aux_loss"] > 0
+    assert result.loss == pytest.approx(result.metrics["lm_loss"] + result.metrics["aux_loss"], rel=1e-5)
+
+
+def test_save_then_load_restores_weights_optimizer_step_and_client_state(tmp_path):
+    rt = runtime()
+    rt.train_step(batches(2))
+    rt.save(tmp_path, tag="step1", client_state={"data_position": 7})
+    saved = weights(rt)
+    rt.train_step(batches(2, seed=1))
+    assert rt.load(tmp_path, tag="step1") == {"data_position": 7}
+    assert rt.steps_done == 1
+    assert all(torch.equal(saved[k], v) for k, v in weights(rt).items())
+    with pytest.raises(FileNotFoundError, match="no DeepSpeed checkpoint with tag 'nope'"):
+        rt.load(tmp_path, tag="nope")
+
+
+def test_consolidated_weights_start_a_new_runtime_with_the_same_logits():
+    rt = runtime()
+    rt.train_step(batches(2))
+    state = rt.consolidated_state_dict()
+    ids = torch.randint(0, 2048, (2, 12))
+    fresh = runtime(layout=Layout(grad_accum=1, zero_stage=2), init_state=state)
+    assert torch.allclose(fresh.logits(ids), rt.logits(ids), atol=1e-6)
+    other = runtime()
+    other.load_consolidated(state)
+    assert torch.allclose(other.logits(ids), rt.logits(ids), atol=1e-6)
+
+
+def test_a_state_dict_of_another_model_is_refused():
+    state = runtime().consolidated_state_dict()
+    with pytest.raises(ValueError, match="does not fit model tiny with head='scalar'"):
+        runtime(head="scalar", init_state=state)
+
+
+def test_a_custom_loss_trains_a_scalar_head_and_inference_uses_the_kv_cache():
+    rt = runtime(head="scalar")
+
+    def reward_like(forward, batch):
+        values = forward(batch["input_ids"]).logits[:, -1]
+        target = (batch["input_ids"][:, 0] % 2).float()
+        return ((values - target) ** 2).mean(), {"value": values.mean().detach()}
+
+    losses = [rt.train_step(batches(2), loss_fn=reward_like).loss for _ in range(6)]
+    assert losses[-1] < losses[0]
+    model = rt.module_for_inference()
+    out = model(torch.randint(0, 64, (1, 5)), kv_cache=KVCache.empty())
+    assert out.logits.shape == (1, 5) and out.kv_cache.length == 5
+
+
+def test_wrong_number_of_micro_batches_is_refused():
+    with pytest.raises(ValueError, match="got 3 micro-batches but layout.grad_accum=2"):
+        runtime().train_step(batches(3))
+
+
+@pytest.mark.parametrize("preset,layout,message", [
+    ("tiny", Layout(tp=3, dp=1), r"heads 4 not divisible by tp 3: use tp in \[1, 2, 4\]"),
+    ("tiny", Layout(pp=2, dp=1, zero_stage=2), "supports ZeRO <= 1"),
+    ("tiny-moe", Layout(tp=2, dp=1), "MoE runs with tp=1 and pp=1"),
+    ("tiny", Layout(ep=2, dp=2), "has no experts: use ep=1"),
+    ("tiny-moe", Layout(ep=2, dp=2, zero_stage=3), "ZeRO <= 2"),
+])
+def test_layouts_this_runtime_cannot_run_are_refused_with_the_fix(preset, layout, message):
+    with pytest.raises(LayoutError, match=message):
+        check_layout_for_model(get_model(preset), layout, head="lm")

@@ -1,0 +1,83 @@
+"""Masks: local band, left padding, KV cache — each against a reference computed another way."""
+import dataclasses
+
+import pytest
+import torch
+
+from orchestrator.config.model import get_model
+from orchestrator.model.attention import AttentionMasks, CausalSelfAttention, KVCache
+from orchestrator.model.gpt import GPT
+from orchestrator.model.params import init_parameters, param_shards
+
+
+def model(preset: str = "tiny", **fields) -> GPT:
+    config = dataclasses.replace(get_model(preset), dropout=0.0, **fields)
+    gpt = GPT(config)
+    init_parameters(param_shards(gpt), config=config, seed=3)
+    return gpt.eval()
+
+
+def test_a_token_in_a_local_layer_cannot_see_outside_its_window():
+    config = dataclasses.replace(get_model("tiny-local"), local_window=4)
+    attention = CausalSelfAttention(config, layer_index=1).eval()        # odd layers are local
+    assert attention.is_local
+    x = torch.randn(1, 12, config.d_model)
+    masks = AttentionMasks.build(q_len=12, past=0, attention_mask=None, window=4, device=x.device)
+    base = attention(x, masks=masks)[0]
+    query = 10                                   # sees keys 7, 8, 9, 10
+    for key in range(12):
+        moved = x.clone()
+        moved[0, key] += 1.0
+        changed = not torch.allclose(attention(moved, masks=masks)[0][0, query], base[0, query])
+        assert changed == (7 <= key <= 10), key
+
+
+def test_window_at_least_the_context_equals_dense_attention():
+    dense = model("tiny", n_layers=4)
+    local = model("tiny", n_layers=4, attention="alternating", local_window=128)   # ctx 128
+    ids = torch.randint(0, 2048, (2, 128))
+    assert torch.equal(dense(ids).logits, local(ids).logits)
+
+
+def test_the_band_changes_the_output_when_the_window_is_short():
+    dense, local = model("tiny", n_layers=4), model("tiny", n_layers=4, attention="alternating", local_window=8)
+    ids = torch.randint(0, 2048, (1, 32))
+    assert torch.allclose(dense(ids).logits[:, :8], local(ids).logits[:, :8], atol=1e-6)
+    assert not torch.allclose(dense(ids).logits[:, 8:], local(ids).logits[:, 8:], atol=1e-3)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-local"])
+def test_a_left_padded_row_gives_the_logits_of_the_unpadded_row(preset):
+    gpt = model(preset)
+    row = torch.randint(1, 2048, (1, 10))
+    padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), row], dim=1)
+    mask = torch.cat([torch.zeros(1, 6), torch.ones(1, 10)], dim=1).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = gpt(padded, attention_mask=mask, position_ids=positions).logits
+    assert torch.allclose(out[:, 6:], gpt(row).logits, atol=1e-5)
+    assert torch.isfinite(out).all()                  # padded queries attend to themselves, no NaN
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-local"])
+def test_decoding_with_the_kv_cache_gives_the_full_forward_logits(preset):
+    gpt = model(preset, local_window=5) if preset == "tiny-local" else model(preset)
+    ids = torch.randint(1, 2048, (2, 14))
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[1, :3] = 0                                   # row 1 is left-padded
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    full = gpt(ids, attention_mask=mask, position_ids=positions).logits
+    out = gpt(ids[:, :8], attention_mask=mask[:, :8], position_ids=positions[:, :8], kv_cache=KVCache.empty())
+    steps = [out.logits]
+    for t in range(8, 14):
+        out = gpt(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=positions[:, t:t + 1],
+                  kv_cache=out.kv_cache)
+        steps.append(out.logits)
+    assert out.kv_cache.length == 14
+    cached = torch.cat(steps, dim=1)
+    assert torch.allclose(cached[0], full[0], atol=1e-5)
+    assert torch.allclose(cached[1, 3:], full[1, 3:], atol=1e-5)
+
+
+def test_a_mask_that_does_not_cover_cache_and_input_is_refused():
+    with pytest.raises(ValueError, match="covers 5 tokens but the cache holds 4 and the input 2"):
+        AttentionMasks.build(q_len=2, past=4, attention_mask=torch.ones(1, 5), window=None, device=torch.device("cpu"))
