@@ -26,9 +26,19 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not distributed and not e2e"
 
+# The whole InstructGPT pipeline on the tiny GPT, each phase its own deepspeed launcher process.
 smoke: install
-	$(BIN)/orchestrate models
-	$(BIN)/orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5
+	$(BIN)/orchestrate run recipes/tiny.yaml --run-dir $(RUN_DIR)
+	$(BIN)/orchestrate status $(RUN_DIR)
+	$(BIN)/orchestrate report $(RUN_DIR)
+
+smoke-3d: install
+	$(BIN)/orchestrate run recipes/tiny-3d.yaml --run-dir runs/smoke-3d
+	$(BIN)/orchestrate status runs/smoke-3d
+
+smoke-moe: install
+	$(BIN)/orchestrate run recipes/tiny-moe.yaml --run-dir runs/smoke-moe
+	$(BIN)/orchestrate status runs/smoke-moe
 
 plan-gpt3: install
 	$(BIN)/orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5

@@ -103,6 +103,10 @@ class DataConfig:
     """SFT / RM / PPO JSONL files; None: generate the shipped oracle task into the run directory."""
     task: TaskConfig = field(default_factory=TaskConfig)
     """The shipped word-list task (noise rate, words per answer, topics, rows per file)."""
+    tokenizer_task_repeats: int = 1500
+    """The trained BPE also reads the task's word lists this many times, so each task word is one
+    token (as a tokenizer trained on broad data would have it); 0: the corpus alone. A tiny model
+    cannot learn to spell 3-token words in a CPU-minute, and the RM should see wrong words as wrong tokens."""
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -15,6 +15,7 @@ The held-out split is by document (``eval_fraction`` of each source's documents,
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +25,9 @@ import numpy as np
 import torch
 
 from orchestrator.config.run import DataConfig
+from orchestrator.data.cache import hash_of
+from orchestrator.data.task import make_prompt
+from orchestrator.data.task_words import PROMPT_TEMPLATES, TOPICS
 from orchestrator.data.corpus import SourceDocuments, load_source
 from orchestrator.data.mixture import MixtureSchedule
 from orchestrator.data.packing import Blocks, TokenStream, ensure_stream
@@ -52,10 +56,23 @@ def prepare_tokenizer(data: DataConfig, *, sources: list[SourceDocuments] | None
         return tokenizer_info(data.tokenizer)
     cache_dir = Path(data.cache_dir).resolve()
     sources = sources if sources is not None else [load_source(s, cache_dir=cache_dir) for s in data.sources]
-    path = ensure_trained_tokenizer(
-        texts=iterate_texts([s.documents for s in sources]), n_texts=sum(len(s.documents) for s in sources),
-        corpus_fingerprints=[s.fingerprint for s in sources], vocab_size=data.vocab_size, cache_dir=cache_dir)
+    extra = task_vocabulary_texts(repeats=data.tokenizer_task_repeats)
+    texts = itertools.chain(iterate_texts([s.documents for s in sources]), [extra] if extra else [])
+    fingerprints = [s.fingerprint for s in sources] + ([hash_of(extra)] if extra else [])
+    path = ensure_trained_tokenizer(texts=texts, n_texts=sum(len(s.documents) for s in sources) + len(extra),
+                                    corpus_fingerprints=fingerprints, vocab_size=data.vocab_size, cache_dir=cache_dir)
     return tokenizer_info(path)
+
+
+def task_vocabulary_texts(*, repeats: int) -> list[str]:
+    """Lines of every task topic's words and prompts for the BPE trainer, ``repeats`` times.
+
+    All topics, whatever ``data.task`` selects, so one tokenizer serves every task setting."""
+    if repeats <= 0:
+        return []
+    lines = [" " + " ".join(words) for words in TOPICS.values()]   # " word", as responses have it
+    lines += [make_prompt(topic=topic, count=6, template=t) for topic in TOPICS for t in range(len(PROMPT_TEMPLATES))]
+    return lines * repeats
 
 
 def split_documents(documents: datasets.Dataset, *, eval_fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:

@@ -1,3 +1,4 @@
+import json
 import pytest
 
 import orchestrator.data.tokenizer as tokenizer_module
@@ -61,3 +62,22 @@ def test_missing_tokenizer_folder_and_too_small_model_are_refused(tmp_path, toke
         load_tokenizer(tmp_path / "none")
     with pytest.raises(DataError, match="model's vocab is 100: set model.vocab >= "):
         tokenizer_info(tokenizer_dir).check_fits(100)
+
+
+def test_task_words_become_single_tokens_of_the_trained_bpe(tmp_path, paragraphs):
+    from orchestrator.config.run import DataConfig, SourceConfig
+    from orchestrator.data.pretrain import prepare_tokenizer
+    from orchestrator.data.task_words import TOPICS
+    from orchestrator.data.tokenizer import load_tokenizer
+
+    source = tmp_path / "a.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in paragraphs(200)))
+    lengths = {}
+    for repeats in (0, 1500):
+        data = DataConfig(sources=[SourceConfig(name="a", path=str(source))], vocab_size=2048,
+                          cache_dir=str(tmp_path / "cache"), tokenizer_task_repeats=repeats)
+        tokenizer = load_tokenizer(prepare_tokenizer(data).path)
+        words = [" " + w for ws in TOPICS.values() for w in ws]
+        lengths[repeats] = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in words]
+    assert max(lengths[1500]) == 1          # every task word is one token, as the RM should see it
+    assert sum(lengths[0]) > len(lengths[0])
