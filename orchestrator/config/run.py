@@ -177,6 +177,10 @@ class RewardConfig(PhaseConfig):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=5))
     k: int = 4
     """Responses ranked per prompt (InstructGPT: 4 to 9)."""
+    candidates: Literal["policy", "file"] = "policy"
+    """``policy``: the K responses of each rm_*.jsonl prompt are sampled from the SFT model (with PPO's
+    sampling settings) and ranked by the labeller, as InstructGPT's labelers ranked model outputs, so
+    the RM learns on the distribution PPO will show it; ``file``: the responses in the files as given."""
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ def run(phase: Phase) -> dict[str, float]:
     latest = _latest_checkpoint(ctx)
     phase.setup(resuming=latest is not None)
     start = _resume(phase, latest) if latest is not None else 0
+    if latest is not None and ctx.is_main:  # the launch log says where an interrupted phase picked up
+        print(f"{phase.name}: resuming from checkpoint {latest} at step {start} of {loop.steps}", flush=True)
     manifest = outputs.begin(ctx.run_dir, phase=phase.name, model=ctx.config.model.to_dict(), head=phase.head,
                              layout=phase.layout, tokenizer=phase.tokenizer_info()) if ctx.is_main else None
     log = MetricsLog(ctx.phase_dir, phase=phase.name, enabled=ctx.is_main, config=ctx.config.to_dict())

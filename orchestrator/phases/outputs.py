@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.handoff.hashing import fsync_path
+from orchestrator.model.gpt import GPT
+from orchestrator.model.params import load_plain_state, materialize, param_shards
 from orchestrator.handoff.manifest import (Manifest, complete_manifest, failed_manifest, start_manifest,
                                            verify_parent, write_manifest)
 
@@ -28,6 +30,15 @@ def parent_weights(run_dir: Path, *, parent: str, head: str, model: dict,
     manifest = verify_parent(run_dir, parent_phase=parent, expect_head=head, expect_model=model,
                              expect_tokenizer_hash=tokenizer_hash)
     return torch.load(Path(run_dir) / parent / manifest.checkpoint, map_location="cpu", weights_only=True)
+
+
+def frozen_model(config, *, head: str, state: dict, device: torch.device) -> GPT:
+    """A whole GPT in eval mode without gradients (reference policy, reward model)."""
+    with torch.device("meta"):
+        model = GPT(config, head=head)
+    model = materialize(model, device)
+    load_plain_state(param_shards(model), state)
+    return model.eval().requires_grad_(False)
 
 
 def begin(run_dir: Path, *, phase: str, model: dict, head: str, layout, tokenizer: dict) -> Manifest:

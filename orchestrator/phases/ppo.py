@@ -23,23 +23,13 @@ from orchestrator.data.mixture import derived_seed, shuffled_positions
 from orchestrator.data.pretrain import build_pretrain_data
 from orchestrator.data.rlhf import collate_prompts, load_prompts
 from orchestrator.engine.build import build_runtime
-from orchestrator.model.gpt import GPT
 from orchestrator.model.loss import lm_loss
-from orchestrator.model.params import load_plain_state, materialize, param_shards
 from orchestrator.phases import outputs, rl_math
+from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.loop import StepOutcome
 from orchestrator.phases.sampling import Rollout, oracle_evaluation, sample, sampling_generator
 from orchestrator.phases.sft import load_eval_prompts, task_dir
 from orchestrator.phases.supervised import SupervisedPhase
-
-
-def frozen_model(config, *, head: str, state: dict, device: torch.device) -> GPT:
-    """A whole GPT in eval mode without gradients (reference policy, reward model)."""
-    with torch.device("meta"):
-        model = GPT(config, head=head)
-    model = materialize(model, device)
-    load_plain_state(param_shards(model), state)
-    return model.eval().requires_grad_(False)
 
 
 def response_logprobs(logits: torch.Tensor, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:

@@ -8,13 +8,17 @@ the correlated pairs of one prompt from overfitting).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.rlhf import collate_rm, load_rm
 from orchestrator.model.params import initial_value, plain_parameter_shapes
-from orchestrator.phases import rl_math
-from orchestrator.phases.sampling import sums_over_ranks
+from orchestrator.phases import outputs, rl_math
+from orchestrator.phases.outputs import frozen_model
+from orchestrator.phases.sampling import sample, sampling_generator, sums_over_ranks
 from orchestrator.phases.sft import task_dir
 from orchestrator.phases.supervised import SupervisedPhase
 
@@ -40,6 +44,35 @@ def with_scalar_head(state: dict, *, config, seed: int) -> dict:
     return {**state, **head}
 
 
+def write_policy_rankings(model, *, prompts: list[str], out: Path, k: int, tokenizer, eos_id: int, pad_id: int,
+                          sampling, seed: int, batch_prompts: int = 32) -> None:
+    """K samples per prompt from ``model``, ranked best first by the task's labeller, as RM JSONL.
+
+    Written atomically, so a resumed reward phase reads the same rankings instead of sampling again.
+    """
+    from orchestrator.data.format import decode_response, encode_prompts
+    from orchestrator.data.rlhf import PromptExample, collate_prompts
+    from orchestrator.data.task import rank_responses
+    from orchestrator.handoff.hashing import atomic_write_text
+
+    device = next(model.parameters()).device
+    generator = sampling_generator(seed=seed, device=device)
+    rows = []
+    for start in range(0, len(prompts), batch_prompts):
+        chunk = prompts[start:start + batch_prompts]
+        ids = encode_prompts(tokenizer, chunk)
+        examples = [PromptExample(prompt=p, ids=tuple(i)) for p, i in zip(chunk, ids) for _ in range(k)]
+        batch = collate_prompts(examples, pad_id=pad_id)
+        rollout = sample(model, input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                         max_new_tokens=sampling.max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                         temperature=sampling.temperature, top_p=sampling.top_p, generator=generator)
+        texts = [decode_response(tokenizer, r, eos_id=eos_id) or "..." for r in rollout.responses.cpu()]
+        for i, prompt in enumerate(chunk):
+            ranked, scores = rank_responses(prompt, texts[i * k:(i + 1) * k])
+            rows.append({"prompt": prompt, "responses": ranked, "scores": scores})
+    atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 class Reward(SupervisedPhase):
     name = "reward"
     head = "scalar"
@@ -47,15 +80,32 @@ class Reward(SupervisedPhase):
 
     def setup(self, *, resuming: bool) -> None:
         self.load_run_tokenizer()
+        sft = self.parent_state()
+        files = self.ranking_files(sft)
         tokenizer, seq_len, eos = self.hf_tokenizer(), self.config.loop.seq_len, self.tokenizer.eos_id
-        self.train_examples, self.data_report = load_rm(task_dir(self.ctx) / "rm_train.jsonl", tokenizer=tokenizer,
-                                                        eos_id=eos, seq_len=seq_len)
-        self.eval_examples, _ = load_rm(task_dir(self.ctx) / "rm_eval.jsonl", tokenizer=tokenizer, eos_id=eos,
-                                        seq_len=seq_len)
-        init = None
-        if not resuming:
-            init = with_scalar_head(self.parent_state(), config=self.ctx.config.model, seed=self.ctx.config.seed)
+        self.train_examples, self.data_report = load_rm(files["train"], tokenizer=tokenizer, eos_id=eos,
+                                                        seq_len=seq_len)
+        self.eval_examples, _ = load_rm(files["eval"], tokenizer=tokenizer, eos_id=eos, seq_len=seq_len)
+        init = None if resuming else with_scalar_head(sft, config=self.ctx.config.model, seed=self.ctx.config.seed)
         self.build(init_state=init)
+
+    def ranking_files(self, sft_state: dict) -> dict[str, Path]:
+        """The RM's train and eval rankings: the task files, or (``candidates: policy``) the SFT
+        model's own samples ranked by the labeller, written once by rank 0 into the phase directory."""
+        given = {split: task_dir(self.ctx) / f"rm_{split}.jsonl" for split in ("train", "eval")}
+        if self.config.candidates == "file":
+            return given
+        files = {split: self.ctx.phase_dir / f"rm_policy_{split}.jsonl" for split in given}
+        if self.ctx.is_main and not all(path.is_file() for path in files.values()):
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+            model = frozen_model(self.ctx.config.model, head="lm", state=sft_state, device=device)
+            for index, (split, path) in enumerate(files.items()):
+                prompts = [json.loads(line)["prompt"] for line in given[split].read_text().splitlines() if line.strip()]
+                write_policy_rankings(model, prompts=prompts, out=path, k=self.config.k, tokenizer=self.hf_tokenizer(),
+                                      eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                                      sampling=self.ctx.config.ppo, seed=self.ctx.config.seed + index)
+        outputs.barrier()
+        return files
 
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
         rows = shuffled_positions(len(self.train_examples), seed=self.ctx.config.seed,
