@@ -16,6 +16,9 @@ sequence parallel: 2048 · 12288 · (34/8 + 5 · 96 · 2048 / (12288 · 8)) = 0.
 
 Our extension for MoE layers (stated, not from the paper): the MLP's 18·s·b·h of expert inputs and
 GeLU activations grow with the tokens each expert processes, top_k × capacity_factor.
+
+The cross-entropy's logits are fp32 (4 bytes each) whatever the activation precision, so they are
+not scaled with ``activation_bytes`` (measured with saved-tensors hooks: ``benchmarks/memory_accuracy.py``).
 """
 from __future__ import annotations
 
@@ -75,9 +78,10 @@ def stage_activation_bytes(model: GPTConfig, layout: Layout, *, seq: int, stage:
     total = per_micro_batch * in_flight
     if stage in ("only", "first"):
         total += sbh_rank * in_flight  # embedding dropout mask, 1 byte per element
+    logits = 0.0
     if stage in ("only", "last"):
-        vocab = padded_vocab(model.vocab, layout.tp)
-        total += 4 * sbh_rank + 4 * seq * layout.micro_batch * vocab / layout.tp  # 2 16-bit tensors; fp32 logits
+        total += 4 * sbh_rank  # final LayerNorm input and LM-head input, 2 16-bit tensors
+        logits = 4 * seq * layout.micro_batch * padded_vocab(model.vocab, layout.tp) / layout.tp  # fp32 in any precision
     if layout.recompute == "full" and layers:
         total += layer_bytes(model, recompute="none", moe=model.is_moe, **kwargs)
-    return total * activation_bytes / 2
+    return total * activation_bytes / 2 + logits
