@@ -5,7 +5,8 @@ trained under TP2 and PP2 (SPEC §5, §8).
 Every layout reads the same 4 sequences per step as the one-process tiny pipeline, so their first
 steps give the same losses to fp32 round-off (only reduction orders differ). The learning rates
 agree through step 3 (warm-up, then the peak; the short runs then decay over 6 steps instead of
-24), so the losses of steps 1-4 compare.
+24), so the losses of steps 1-4 compare; the ZeRO-2 run has the pipeline's 24 steps and compares
+throughout.
 """
 import re
 
@@ -58,8 +59,9 @@ def test_pretraining_runs_under_a_two_rank_layout_and_matches_one_process(layout
 
     ours = e2e.records(run.run_dir, "pretrain", "train")
     one_process = e2e.records(tiny_pipeline.run_dir, "pretrain", "train")
-    assert [e["loss"] for e in ours[:COMPARABLE_STEPS]] == pytest.approx(
-        [e["loss"] for e in one_process[:COMPARABLE_STEPS]], rel=1e-5)
+    # zero2 runs all 24 steps on the same schedule, so its whole curve compares (measured: within 1.4e-7)
+    steps = len(one_process) if layout == "zero2" else COMPARABLE_STEPS
+    assert [e["loss"] for e in ours[:steps]] == pytest.approx([e["loss"] for e in one_process[:steps]], rel=1e-5)
     assert ours[-1]["loss"] < ours[0]["loss"]
     # the consolidated weights are one plain GPT whatever the layout: they load into one process
     config = from_dict(GPTConfig, done.model, "manifest.model")
