@@ -153,6 +153,9 @@ def _initialize(module: nn.Module, optimizer: torch.optim.Optimizer, ds_config: 
     mpu = state.grid if state.layout.tp > 1 and state.layout.pp == 1 else None
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config, mpu=mpu)
     _check_engine_grid(engine, state)
+    if state.layout.dp == 1 and state.layout.zero_stage == 0 and state.layout.pp == 1:
+        # nothing to reduce: skip DeepSpeed's flatten / all-reduce / copy-back of every gradient
+        engine.enable_backward_allreduce = False
     return engine
 
 

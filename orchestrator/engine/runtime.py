@@ -152,9 +152,9 @@ class Runtime:
         self.engine.train()
         if not self.state.is_last_stage:
             return None
-        from orchestrator.model.tensor_parallel import _GatherLastDim
+        from orchestrator.model.tensor_parallel import gather_last_dim
 
-        full = _GatherLastDim.apply(local, self.state.tp_group) if self.layout.tp > 1 else local
+        full = gather_last_dim(local, self.state.tp_group) if self.layout.tp > 1 else local
         return full[..., :self.model_config.vocab].float().cpu()
 
     # --- checkpoints and handoff ------------------------------------------------------------

@@ -59,6 +59,11 @@ class _GatherLastDim(torch.autograd.Function):
         return grad[..., rank * ctx.width:(rank + 1) * ctx.width].contiguous(), None
 
 
+def gather_last_dim(local: Tensor, group) -> Tensor:
+    """Concatenate every TP rank's last-dimension slice (e.g. vocab-parallel logits), differentiably."""
+    return _GatherLastDim.apply(local, group)
+
+
 class VocabParallelTokenEmbedding(VocabParallelEmbedding):
     """Rows [rank·V/tp, (rank+1)·V/tp) of the padded vocabulary; also the tied LM head."""
 
@@ -71,7 +76,7 @@ class VocabParallelTokenEmbedding(VocabParallelEmbedding):
         local = _mask_padding(local, start=self.vocab_start_index, vocab=self.vocab)
         if parallel_output:
             return local
-        return _GatherLastDim.apply(local, self.tp_group)[..., :self.vocab]           # (B, T, V)
+        return gather_last_dim(local, self.tp_group)[..., :self.vocab]                # (B, T, V)
 
 
 def _mask_padding(local_logits: Tensor, *, start: int, vocab: int) -> Tensor:

@@ -31,7 +31,8 @@ MICRO_BATCH = 2
 SEED = 7
 OPTIM = OptimConfig(lr=3e-3, warmup_steps=1, grad_clip=0.5)   # norms are 0.6-1.6 here: clipping is active in every step
 
-# name → (model preset, layout fields, world size it needs)
+# name → (model preset, layout fields, world size it needs); "tiny-v2047" is tiny with a vocabulary of
+# 2047, which tensor parallelism pads to 2048 (one padded row, masked out of the softmax)
 CASES: dict[str, tuple[str, dict, int]] = {
     "dp2_zero1": ("tiny", dict(zero_stage=1, grad_accum=2), 2),
     "dp2_zero2": ("tiny", dict(zero_stage=2, grad_accum=2), 2),
@@ -40,11 +41,18 @@ CASES: dict[str, tuple[str, dict, int]] = {
     "ep2": ("tiny-moe", dict(ep=2, grad_accum=2), 2),
     "ep2_zero2": ("tiny-moe", dict(ep=2, zero_stage=2, grad_accum=2), 2),
     "tp2": ("tiny", dict(tp=2, grad_accum=2), 2),
+    "tp2_padded_vocab": ("tiny-v2047", dict(tp=2, grad_accum=2), 2),
     "pp2": ("tiny", dict(pp=2, grad_accum=4), 2),
     "tp2_pp2_dp2": ("tiny", dict(tp=2, pp=2, zero_stage=1, grad_accum=4), 8),
     "dp2_recompute_full": ("tiny-local", dict(zero_stage=1, grad_accum=2, recompute="full"), 2),
     "pp2_recompute_full": ("tiny-local", dict(pp=2, grad_accum=4, recompute="full"), 2),
 }
+
+
+def model_config(preset: str):
+    if preset == "tiny-v2047":
+        return dataclasses.replace(get_model("tiny"), name=preset, vocab=2047)
+    return get_model(preset)
 
 
 def case_layout(name: str, *, world: int) -> tuple[str, Layout]:
@@ -66,7 +74,7 @@ def step_batches(step: int, *, vocab: int, count: int) -> list[dict[str, torch.T
 
 
 def train(preset: str, layout: Layout, *, init_state=None) -> tuple[object, dict]:
-    config = get_model(preset)
+    config = model_config(preset)
     runtime = build_runtime(config, layout, OPTIM, total_steps=STEPS, seed=SEED, init_state=init_state)
     global_count = layout.dp * layout.grad_accum
     first = runtime.state.dp_rank * layout.grad_accum
@@ -93,13 +101,13 @@ def run_case(name: str, *, reference: bool, out_dir: Path) -> dict:
     return history
 
 
-HANDOFF_CASES = ("tp2", "pp2", "tp2_pp2_dp2")
+HANDOFF_CASES = ("tp2", "tp2_padded_vocab", "pp2", "tp2_pp2_dp2")
 
 
 def handoff(name: str, runtime, *, preset: str, layout: Layout, reference: bool, out_dir: Path) -> dict:
     """Write this run's plain state dict and probe logits; a parallel run also loads the single-
     process run's state dict into its own layout and reports the logits it then computes."""
-    vocab = get_model(preset).vocab
+    vocab = model_config(preset).vocab
     state = runtime.consolidated_state_dict()
     logits = runtime.logits(probe_ids(vocab))
     tag = f"{name}_{'reference' if reference else 'parallel'}"
@@ -110,7 +118,7 @@ def handoff(name: str, runtime, *, preset: str, layout: Layout, reference: bool,
     result = {}
     if not reference:
         reference_state = torch.load(out_dir / f"{name}_reference_state.pt")
-        loaded = build_runtime(get_model(preset), layout, OPTIM, total_steps=STEPS, seed=SEED + 1,
+        loaded = build_runtime(model_config(preset), layout, OPTIM, total_steps=STEPS, seed=SEED + 1,
                                init_state=reference_state)
         loaded_logits = loaded.logits(probe_ids(vocab))
         if loaded_logits is not None and loaded.state.tp_rank == 0 and loaded.state.dp_rank == 0:

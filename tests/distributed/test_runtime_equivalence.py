@@ -3,7 +3,7 @@ layouts through the plain state dict (SPEC §8).
 
 Three torchrun jobs (gloo, CPU) run ``runtime_worker.py``: the single-process references of every
 case, all two-rank layouts one after another (DP=2 under ZeRO 1/2/3 and ZeRO-2 with optimizer
-offload, EP=2 with 4 experts, TP=2, PP=2 with 4 micro-batches, full recompute, the NaN skip), and
+offload, EP=2 with 4 experts, TP=2 (also with a vocabulary padded for TP), PP=2 with 4 micro-batches, full recompute, the NaN skip), and
 TP2×PP2×DP2 on eight ranks. Same tiny model, data and seed; 4 optimizer steps with gradient
 clipping active in each.
 
@@ -12,6 +12,7 @@ only in the order of floating-point sums), gradient norms and logits within 1e-5
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -28,10 +29,11 @@ from orchestrator.model.gpt import GPT
 WORKER = Path(__file__).with_name("runtime_worker.py")
 TOL = 1e-5
 TWO_RANK_CASES = ["dp2_zero1", "dp2_zero2", "dp2_zero3", "dp2_zero2_offload", "ep2", "ep2_zero2",
-                  "dp2_recompute_full", "pp2_recompute_full", "tp2", "pp2"]   # TP / PP last: they set DeepSpeed's mpu
+                  "dp2_recompute_full", "pp2_recompute_full", "tp2", "tp2_padded_vocab", "pp2"]
+# (TP and PP run last in their job: they leave DeepSpeed's mpu set)
 EIGHT_RANK_CASES = ["tp2_pp2_dp2"]
-HANDOFF_CASES = ["tp2", "pp2", "tp2_pp2_dp2"]
-PRESET = {"tp2": "tiny", "pp2": "tiny", "tp2_pp2_dp2": "tiny"}
+HANDOFF_CASES = ["tp2", "tp2_padded_vocab", "pp2", "tp2_pp2_dp2"]
+VOCAB = {"tp2_padded_vocab": 2047}
 
 pytestmark = pytest.mark.distributed
 
@@ -103,8 +105,8 @@ def test_nan_loss_on_one_rank_skips_the_step_on_every_rank_and_keeps_the_weights
     assert report["steps_done"] == [1, 1, 2]   # the LR schedule does not advance on a skipped step
 
 
-def _probe_logits(state: dict, preset: str) -> torch.Tensor:
-    model = GPT(get_model(preset))
+def _probe_logits(state: dict, case: str) -> torch.Tensor:
+    model = GPT(dataclasses.replace(get_model("tiny"), vocab=VOCAB.get(case, 2048)))
     model.load_state_dict(state)
     ids = torch.randint(0, model.config.vocab, (2, 32), generator=torch.Generator().manual_seed(99))
     with torch.no_grad():
@@ -121,7 +123,8 @@ def test_weights_trained_under_a_parallel_layout_give_the_same_logits_on_one_pro
     job_dir = _results_for(case, request)
     state = torch.load(job_dir / f"{case}_parallel_state.pt")
     expected = torch.load(job_dir / f"{case}_parallel_logits.pt")
-    assert torch.allclose(_probe_logits(state, PRESET[case]), expected, atol=TOL, rtol=0)
+    assert expected.shape[-1] == VOCAB.get(case, 2048)           # padding rows are not in the logits
+    assert torch.allclose(_probe_logits(state, case), expected, atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("case", HANDOFF_CASES)
