@@ -19,9 +19,11 @@ import dataclasses
 
 import torch
 
+from orchestrator.data.format import decode_response
 from orchestrator.data.mixture import derived_seed, shuffled_positions
 from orchestrator.data.pretrain import build_pretrain_data
 from orchestrator.data.rlhf import collate_prompts, load_prompts
+from orchestrator.data.task import oracle_score
 from orchestrator.engine.build import build_runtime
 from orchestrator.model.loss import lm_loss
 from orchestrator.phases import outputs, rl_math
@@ -115,13 +117,14 @@ class PPO(SupervisedPhase):
                    for i in range(layout.grad_accum)]
         self.position += layout.grad_accum * layout.micro_batch * layout.dp
         experience = [self.score(self.rollout(batch, step=step, index=i)) for i, batch in enumerate(prompts)]
-        stats = self.advantages(experience)
+        stats = {**self.advantages(experience), "rollout_oracle_score": self.rollout_oracle(prompts, experience)}
         for _ in range(self.config.ppo_epochs):
             actor_result = actor.train_step([self.with_ptx(e) for e in experience], loss_fn=self.actor_loss)
             critic_result = critic.train_step(experience, loss_fn=self.critic_loss)
         if self.config.adaptive_kl:
             self.kl.update(stats["kl"])
-        metrics = {**stats, **actor_result.metrics, "value_loss": critic_result.loss, "kl_coef": self.kl.value,
+        metrics = {**stats, **actor_result.metrics, **critic_result.metrics, "value_loss": critic_result.loss,
+                   "kl_coef": self.kl.value,
                    "lr": actor_result.lr, "grad_norm": actor_result.grad_norm}
         return StepOutcome(loss=actor_result.loss, skipped=actor_result.skipped or critic_result.skipped,
                            tokens=actor_result.tokens, metrics=metrics)
@@ -183,6 +186,14 @@ class PPO(SupervisedPhase):
         for batch, adv in zip(experience, whitened):
             batch["advantages"] = adv
         return {key: value / len(experience) for key, value in totals.items()}
+
+    def rollout_oracle(self, prompts: list[dict], experience: list[dict]) -> float:
+        """The labeller's mean score of this step's rollouts (a training-set view of the oracle score)."""
+        tokenizer, eos, scores = self.hf_tokenizer(), self.tokenizer.eos_id, []
+        for batch, scored in zip(prompts, experience):
+            responses = scored["sequences"][:, int(scored["prompt_len"]):].cpu()
+            scores += [oracle_score(p, decode_response(tokenizer, r, eos_id=eos)) for p, r in zip(batch["prompts"], responses)]
+        return sum(scores) / len(scores)
 
     def with_ptx(self, batch: dict) -> dict:
         """Attach a pretraining micro-batch (PPO-ptx) to a rollout micro-batch."""

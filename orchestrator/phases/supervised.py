@@ -86,7 +86,10 @@ class SupervisedPhase(Phase):
                                       tokenizer_hash=self.tokenizer.tokenizer_hash)
 
     def hf_tokenizer(self):
-        return load_tokenizer(self.tokenizer.path)
+        """The run's ``PreTrainedTokenizerFast``, loaded once."""
+        if getattr(self, "_hf_tokenizer", None) is None:
+            self._hf_tokenizer = load_tokenizer(self.tokenizer.path)
+        return self._hf_tokenizer
 
 
 def run_tokenizer_dir(ctx):

@@ -1,0 +1,74 @@
+"""Does each InstructGPT phase do its job? The tiny pipeline over several seeds.
+
+For each seed: ``orchestrate run recipes/tiny.yaml --set seed=S`` (four deepspeed launcher
+processes), then the manifests' final metrics: SFT and PPO oracle scores on the same held-out
+prompts (same sampling seed), the PPO policy's KL to the SFT reference and its RM reward, and the
+reward model's held-out pairwise accuracy. Writes the ``## RLHF phases`` section of BENCHMARKS.md.
+
+    python benchmarks/rlhf_seeds.py --seeds 1 2 3 --write BENCHMARKS.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, markdown_table, today, write_section  # noqa: E402
+
+RECIPE = "recipes/tiny.yaml"
+COLUMNS = ("seed", "pretrain eval loss", "SFT oracle", "RM accuracy", "PPO oracle", "PPO − SFT", "PPO KL",
+           "PPO RM reward", "minutes")
+
+
+def run_seed(seed: int, root: Path) -> dict:
+    run_dir = root / f"seed{seed}"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "orchestrator", "run", RECIPE, "--run-dir", str(run_dir),
+                    "--set", f"seed={seed}"], check=True)
+    metrics = {p: json.loads((run_dir / p / "manifest.json").read_text())["metrics"]
+               for p in ("pretrain", "sft", "reward", "ppo")}
+    return {"seed": seed, "pretrain_eval_loss": metrics["pretrain"]["eval_loss"],
+            "sft_oracle": metrics["sft"]["oracle_score"], "rm_accuracy": metrics["reward"]["pairwise_accuracy"],
+            "ppo_oracle": metrics["ppo"]["oracle_score"], "ppo_kl": metrics["ppo"]["kl"],
+            "ppo_reward": metrics["ppo"]["reward"], "minutes": (time.perf_counter() - started) / 60}
+
+
+def row(r: dict) -> list[str]:
+    return [str(r["seed"]), f"{r['pretrain_eval_loss']:.3f}", f"{r['sft_oracle']:.3f}", f"{r['rm_accuracy']:.3f}",
+            f"{r['ppo_oracle']:.3f}", f"{r['ppo_oracle'] - r['sft_oracle']:+.3f}", f"{r['ppo_kl']:.2f}",
+            f"{r['ppo_reward']:.2f}", f"{r['minutes']:.1f}"]
+
+
+def section(results: list[dict], command: str) -> str:
+    mean = {k: statistics.mean(r[k] for r in results) for k in results[0] if k != "seed"}
+    table = markdown_table(COLUMNS, [row(r) for r in results] + [["mean"] + row({"seed": 0, **mean})[1:]])
+    return (f"## RLHF phases\n\nCommand: `{command}` ({today()}; {machine_info().describe()}).\n\n"
+            f"Each seed runs `orchestrate run {RECIPE} --set seed=S`: pretrain → SFT → reward model → PPO, "
+            "each its own deepspeed launcher process. Oracle scores are the task labeller's mean score of "
+            "responses sampled at temperature 1 for the same held-out prompts with the same sampling seed "
+            "(SFT and PPO policies alike); KL is Σ_t log π/π_SFT per response on those prompts; RM accuracy "
+            "is held-out pairwise accuracy on the SFT policy's own samples, tied pairs dropped.\n\n"
+            f"{table}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--root", default="runs/bench-rlhf")
+    parser.add_argument("--write", default=None, help="BENCHMARKS.md to update")
+    args = parser.parse_args()
+    results = [run_seed(seed, Path(args.root)) for seed in args.seeds]
+    text = section(results, "python benchmarks/rlhf_seeds.py --seeds " + " ".join(map(str, args.seeds))
+                   + (f" --write {args.write}" if args.write else ""))
+    print(text)
+    if args.write:
+        write_section(Path(args.write), text)
+
+
+if __name__ == "__main__":
+    main()
