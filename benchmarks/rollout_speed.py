@@ -1,0 +1,170 @@
+"""Rollout generation: our KV-cache sampler against ``transformers`` ``generate`` on the same weights.
+
+    .venv/bin/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md
+
+For each shape (``tiny``, ``gpt-25m``) one GPT is initialised and its state dict is exported to
+``GPT2LMHeadModel`` by ``orchestrator.handoff.export.build_hf_model`` (the mapping ``orchestrate
+export`` uses). Both contenders get the same batch of left-padded prompts and attention mask, the
+same sampling (temperature, nucleus top-p, top-k off), ``max_new_tokens`` and ``pad_token_id``, and
+no EOS (``eos_token_id=None`` for Hugging Face, an id never sampled for ours), so both generate
+exactly batch × max_new_tokens tokens: no early stop favours either. Contenders alternate in rounds
+(ours, hf, ours, …) so load from other processes hits both alike; the figure is the median time of
+a ``generate`` call. Before timing, greedy decoding (temperature 0) of both must produce the same
+tokens, which shows they compute the same model.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from benchmarks.common import machine_info, markdown_table, today, write_section
+from orchestrator.config.model import GPTConfig, get_model
+
+HEADING = "## Rollout generation (KV cache vs transformers generate)"
+PAD_ID, NO_EOS = 0, -1
+
+
+@dataclass(frozen=True)
+class Case:
+    preset: str
+    batch: int
+    prompt_lengths: tuple[int, int]
+    """Shortest and longest prompt; the rest are spread between them and left-padded."""
+    max_new_tokens: int
+
+
+CASES = (Case("tiny", 8, (8, 32), 96), Case("gpt-25m", 8, (8, 32), 128))
+
+
+def prompts(case: Case, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids (B, P) and their attention mask; ids avoid the pad id."""
+    g = torch.Generator().manual_seed(0)
+    short, long = case.prompt_lengths
+    lengths = torch.linspace(short, long, case.batch).round().long()
+    ids = torch.full((case.batch, long), PAD_ID, dtype=torch.long)
+    mask = torch.zeros(case.batch, long, dtype=torch.long)
+    for row, length in enumerate(lengths.tolist()):
+        ids[row, long - length:] = torch.randint(1, vocab, (length,), generator=g)
+        mask[row, long - length:] = 1
+    return ids, mask
+
+
+def models(config: GPTConfig):
+    """Our GPT (random init, eval) and the GPT2LMHeadModel holding the same weights."""
+    from orchestrator.handoff.export import build_hf_model
+    from orchestrator.model.gpt import GPT
+    from orchestrator.model.params import init_parameters, param_shards
+
+    ours = GPT(config)
+    init_parameters(param_shards(ours), config=config, seed=0)
+    ours.eval()
+    hf = build_hf_model({k: v.detach().clone() for k, v in ours.state_dict().items()}, config, eos_id=PAD_ID,
+                        pad_id=PAD_ID)
+    hf.generation_config.eos_token_id = None
+    return ours, hf
+
+
+def ours_generate(model, ids, mask, *, new_tokens: int, temperature: float, top_p: float, seed: int) -> torch.Tensor:
+    from orchestrator.phases.sampling import sample
+
+    generator = torch.Generator().manual_seed(seed)
+    rollout = sample(model, input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, eos_id=NO_EOS,
+                     pad_id=PAD_ID, temperature=temperature, top_p=top_p, generator=generator)
+    return rollout.responses
+
+
+def hf_generate(model, ids, mask, *, new_tokens: int, temperature: float, top_p: float, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+        dict(do_sample=False)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                         pad_token_id=PAD_ID, eos_token_id=None, use_cache=True, **sampling)
+    return out[:, ids.shape[1]:]
+
+
+def check_same_model(ours, hf, ids, mask, *, new_tokens: int) -> None:
+    """Greedy decoding of both must agree token for token (same weights, masks and positions)."""
+    a = ours_generate(ours, ids, mask, new_tokens=new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    b = hf_generate(hf, ids, mask, new_tokens=new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    if not torch.equal(a, b):
+        rows = (a != b).any(dim=1).nonzero().flatten().tolist()
+        raise RuntimeError(f"greedy decoding differs between our sampler and GPT2LMHeadModel in rows {rows}: "
+                           f"the export or the masks disagree, the timings would not compare the same model")
+
+
+def time_contenders(contenders: dict[str, Callable[[], torch.Tensor]], *, rounds: int) -> dict[str, float]:
+    """Median seconds per call, contenders alternating within each round after one warm-up call each."""
+    for run in contenders.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def measure(case: Case, *, rounds: int, temperature: float, top_p: float) -> dict:
+    config = get_model(case.preset)
+    ours, hf = models(config)
+    ids, mask = prompts(case, config.vocab)
+    check_same_model(ours, hf, ids, mask, new_tokens=min(case.max_new_tokens, 32))
+    args = dict(new_tokens=case.max_new_tokens, temperature=temperature, top_p=top_p, seed=0)
+    for generate, model in ((ours_generate, ours), (hf_generate, hf)):
+        produced = generate(model, ids, mask, **args)
+        if produced.shape != (case.batch, case.max_new_tokens):
+            raise RuntimeError(f"{generate.__name__} produced {tuple(produced.shape)} tokens, expected "
+                               f"{(case.batch, case.max_new_tokens)}")
+    seconds = time_contenders({"ours": lambda: ours_generate(ours, ids, mask, **args),
+                               "hf": lambda: hf_generate(hf, ids, mask, **args)}, rounds=rounds)
+    tokens = case.batch * case.max_new_tokens
+    return dict(case=case, params=config.params(), seconds=seconds,
+                tokens_per_s={name: tokens / s for name, s in seconds.items()})
+
+
+def report(rows: list[dict], *, command: str, temperature: float, top_p: float, threads: int) -> str:
+    table = [[r["case"].preset, f"{r['params'] / 1e6:.1f}M", r["case"].batch,
+              f"{r['case'].prompt_lengths[0]}–{r['case'].prompt_lengths[1]}", r["case"].max_new_tokens,
+              f"{r['tokens_per_s']['ours']:,.0f}", f"{r['tokens_per_s']['hf']:,.0f}",
+              f"{r['tokens_per_s']['ours'] / r['tokens_per_s']['hf']:.2f}"] for r in rows]
+    import transformers
+
+    return "\n".join([
+        HEADING, "",
+        f"`phases.sampling.sample` (our GPT, KV cache) vs `GPT2LMHeadModel.generate` (transformers "
+        f"{transformers.__version__}, its KV cache) on the same exported weights, fp32, {threads} thread(s); "
+        f"temperature {temperature}, top-p {top_p}, top-k off, no EOS (every row generates max_new_tokens); "
+        f"greedy outputs checked identical first. Median of alternating rounds.", "",
+        "```bash", command, "```", "",
+        f"Machine: {machine_info().describe()}. Date: {today()}.", "",
+        markdown_table(["model", "params", "batch", "prompt tokens (left-padded)", "new tokens", "ours tokens/s",
+                        "hf tokens/s", "ours / hf"], table), ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--write", help="replace this benchmark's section of that Markdown file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [measure(case, rounds=args.rounds, temperature=args.temperature, top_p=args.top_p) for case in CASES]
+    command = (f".venv/bin/python -m benchmarks.rollout_speed --rounds {args.rounds} --temperature {args.temperature} "
+               f"--top-p {args.top_p} --threads {args.threads}" + (f" --write {args.write}" if args.write else ""))
+    section = report(rows, command=command, temperature=args.temperature, top_p=args.top_p, threads=args.threads)
+    print(section)
+    if args.write:
+        write_section(Path(args.write), section)
+
+
+if __name__ == "__main__":
+    main()
