@@ -44,5 +44,13 @@ plan-gpt3: install
 	$(BIN)/orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5
 	$(BIN)/orchestrate config --model gpt3-175b --gpus 1024 --gpu a100-80g -o ds_configs/gpt3-175b-1024xa100-80g.json
 
+# Every benchmark, each rewriting its own section of BENCHMARKS.md (about 10 minutes on 2 cores).
+bench: install
+	$(BIN)/python benchmarks/planner_search.py --repeats 30 --write BENCHMARKS.md
+	$(BIN)/python benchmarks/train_throughput.py --rounds 3 --steps 4 --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.pipeline_bubble --pp 2 4 --micro-batches 4 8 16 --steps 3 --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.memory_accuracy --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md
+
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache
