@@ -10,6 +10,7 @@ by implementing ``Phase``. The loop owns the cadence (STYLE.md habit 9):
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import random
 import time
@@ -24,6 +25,10 @@ from orchestrator.config.cluster import get_device
 from orchestrator.phases import outputs
 from orchestrator.phases.context import PhaseContext
 from orchestrator.phases.tracking import MetricsLog
+
+
+CONSOLIDATED = "consolidated.pt"
+"""Each trained runtime's full plain-GPT weights inside a checkpoint (for resuming under another layout)."""
 
 
 @dataclass
@@ -47,6 +52,8 @@ class Phase(abc.ABC):
         self.ctx = ctx
         self.trained: dict = {}
         """Runtimes the loop checkpoints and restores, by name (``model``; PPO: ``actor``, ``critic``)."""
+        self.step = 0
+        """The last optimizer step completed (what a failed manifest reports)."""
 
     @property
     def config(self):
@@ -95,14 +102,16 @@ def run(phase: Phase) -> dict[str, float]:
     loop = phase.config.loop
     latest = _latest_checkpoint(ctx)
     phase.setup(resuming=latest is not None)
-    start = _resume(phase, latest) if latest is not None else 0
+    start, skipped = _resume(phase, latest) if latest is not None else (0, 0)
+    phase.step = start
     if latest is not None and ctx.is_main:  # the launch log says where an interrupted phase picked up
         print(f"{phase.name}: resuming from checkpoint {latest} at step {start} of {loop.steps}", flush=True)
     manifest = outputs.begin(ctx.run_dir, phase=phase.name, model=ctx.config.model.to_dict(), head=phase.head,
                              layout=phase.layout, tokenizer=phase.tokenizer_info()) if ctx.is_main else None
-    log = MetricsLog(ctx.phase_dir, phase=phase.name, enabled=ctx.is_main, config=ctx.config.to_dict())
+    log = MetricsLog(ctx.phase_dir, phase=phase.name, enabled=ctx.is_main, config=ctx.config.to_dict(),
+                     resume_step=start)
     try:
-        _train(phase, log, start=start)
+        _train(phase, log, start=start, skipped=skipped)
         final = phase.evaluate()
         log.log("final", loop.steps, **final)
         state = phase.exported_runtime().consolidated_state_dict()  # collective: every rank takes part
@@ -112,20 +121,21 @@ def run(phase: Phase) -> dict[str, float]:
         outputs.barrier()
     except BaseException as error:
         if ctx.is_main:
-            outputs.fail(manifest, ctx.phase_dir, step=start, error=error)
+            outputs.fail(manifest, ctx.phase_dir, step=phase.step, error=error)
         raise
     finally:
         log.close()
     return final
 
 
-def _train(phase: Phase, log: MetricsLog, *, start: int) -> None:
+def _train(phase: Phase, log: MetricsLog, *, start: int, skipped: int) -> None:
     ctx, loop = phase.ctx, phase.config.loop
-    bad_in_row, skipped_total = 0, 0
+    bad_in_row, skipped_total = 0, skipped
     progress = _progress(ctx, start=start, total=loop.steps, name=phase.name)
     window_tokens, window_start = 0, time.perf_counter()
     for step in range(start + 1, loop.steps + 1):
         outcome = phase.train_step(step)
+        phase.step = step
         bad_in_row, skipped_total = _count_bad(outcome, step, bad_in_row, skipped_total, loop.max_bad_steps)
         window_tokens += outcome.tokens
         if step % loop.log_every == 0 or step == loop.steps:
@@ -189,9 +199,14 @@ def save_checkpoint(phase: Phase, *, step: int, skipped_total: int) -> Path:
     ctx = phase.ctx
     tag = ckpt.step_tag(step)
     staging = ckpt.staging_dir(ctx.checkpoint_root, tag)
-    client = {"step": step, "skipped_steps": skipped_total, "phase_state": phase.state()}
+    client = {"step": step, "skipped_steps": skipped_total, "phase_state": phase.state(),
+              "layouts": {name: dataclasses.asdict(rt.layout) for name, rt in phase.trained.items()},
+              "steps_done": {name: rt.steps_done for name, rt in phase.trained.items()}}
     for name, runtime in phase.trained.items():
         runtime.save(staging / name, tag="state", client_state={})
+        weights = runtime.consolidated_state_dict()      # lets a resume under another layout reshard
+        if ctx.is_main:
+            torch.save(weights, staging / name / CONSOLIDATED)
     _save_rng(staging, ctx.rank)
     if ctx.is_main:
         (staging / "loop_state.json").write_text(json.dumps(client))
@@ -216,13 +231,32 @@ def _latest_checkpoint(ctx: PhaseContext) -> Optional[Path]:
     return latest
 
 
-def _resume(phase: Phase, path: Path) -> int:
+def _resume(phase: Phase, path: Path) -> tuple[int, int]:
+    """Restore engines, phase state and RNG; returns (step, skipped steps so far).
+
+    Under the layout that wrote the checkpoint, DeepSpeed's own files restore everything. Under
+    another layout (say the job moved from TP2×PP2 to ZeRO-2 data parallel) the consolidated
+    weights are resharded into the new layout and the optimizer moments start again: DeepSpeed's
+    partitioned optimizer files are readable only by the layout that wrote them.
+    """
     client = json.loads((path / "loop_state.json").read_text())
     for name, runtime in phase.trained.items():
-        runtime.load(path / name, tag="state")
+        if client["layouts"][name] == dataclasses.asdict(runtime.layout):
+            runtime.load(path / name, tag="state")
+            continue
+        if phase.ctx.is_main:
+            print(f"{phase.name}: checkpoint {path} was written under layout {_brief(client['layouts'][name])}, "
+                  f"this run has {_brief(dataclasses.asdict(runtime.layout))}: resharding its weights; the "
+                  f"{name}'s optimizer moments restart", flush=True)
+        runtime.load_consolidated(torch.load(path / name / CONSOLIDATED, map_location="cpu", weights_only=True))
+        runtime.steps_done = int(client["steps_done"][name])
     phase.restore(client["phase_state"])
     _load_rng(path, phase.ctx.rank)
-    return int(client["step"])
+    return int(client["step"]), int(client["skipped_steps"])
+
+
+def _brief(layout: dict) -> str:
+    return " ".join(f"{key}={layout[key]}" for key in ("tp", "pp", "dp", "ep", "zero_stage", "micro_batch", "grad_accum"))
 
 
 def _save_rng(staging: Path, rank: int) -> None:
@@ -236,7 +270,11 @@ def _save_rng(staging: Path, rank: int) -> None:
 
 
 def _load_rng(path: Path, rank: int) -> None:
-    state = torch.load(path / "rng" / f"rank{rank:05d}.pt", weights_only=False)
+    """This rank's RNG states, when the checkpoint has them (a resume on more ranks starts the new ones fresh)."""
+    rng_file = path / "rng" / f"rank{rank:05d}.pt"
+    if not rng_file.is_file():
+        return
+    state = torch.load(rng_file, weights_only=False)
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])

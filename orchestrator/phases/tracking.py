@@ -5,19 +5,21 @@ machine by default; ``WANDB_MODE=disabled`` turns it off); TensorBoard event fil
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator.handoff.metrics import METRICS_FILE, append_metrics
+from orchestrator.handoff.hashing import atomic_write_text
+from orchestrator.handoff.metrics import METRICS_FILE, append_metrics, read_metrics
 
 
 class MetricsLog:
     """Append-only metrics for one phase: ``log(kind, step, **values)``."""
 
     def __init__(self, phase_dir: Path, *, phase: str, enabled: bool, config: Optional[dict] = None,
-                 use_wandb: bool = True, use_tensorboard: bool = True) -> None:
+                 use_wandb: bool = True, use_tensorboard: bool = True, resume_step: int = 0) -> None:
         self.enabled = enabled
         self.phase = phase
         self.path = Path(phase_dir) / METRICS_FILE
@@ -25,6 +27,8 @@ class MetricsLog:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step:
+            drop_after(self.path, resume_step)
         if use_tensorboard:
             self._tb = _open_tensorboard(Path(phase_dir) / "tensorboard")
         if use_wandb:
@@ -46,6 +50,13 @@ class MetricsLog:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def drop_after(path: Path, step: int) -> None:
+    """Forget events past ``step`` (logged by a run that died before its next checkpoint): the
+    resumed run logs those steps again, so plots get one point per step."""
+    kept = [r for r in read_metrics(path) if r["step"] <= step and r["kind"] != "final"]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _open_tensorboard(log_dir: Path):
