@@ -1,7 +1,7 @@
 """Does each InstructGPT phase do its job? The tiny pipeline over several seeds.
 
 For each seed: ``orchestrate run recipes/tiny.yaml --set seed=S`` (four deepspeed launcher
-processes), then the manifests' final metrics: SFT and PPO oracle scores on the same held-out
+processes; a seed already complete is only read, so seeds can be run in parallel first), then the manifests' final metrics: SFT and PPO oracle scores on the same held-out
 prompts (same sampling seed), the PPO policy's KL to the SFT reference and its RM reward, and the
 reward model's held-out pairwise accuracy. Writes the ``## RLHF phases`` section of BENCHMARKS.md.
 
@@ -14,7 +14,7 @@ import json
 import statistics
 import subprocess
 import sys
-import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,16 +26,18 @@ COLUMNS = ("seed", "pretrain eval loss", "SFT oracle", "RM accuracy", "PPO oracl
 
 
 def run_seed(seed: int, root: Path) -> dict:
+    """Run (or, when complete, just read) one seed's pipeline; its own master port so seeds may run at once."""
     run_dir = root / f"seed{seed}"
-    started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "orchestrator", "run", RECIPE, "--run-dir", str(run_dir),
-                    "--set", f"seed={seed}"], check=True)
-    metrics = {p: json.loads((run_dir / p / "manifest.json").read_text())["metrics"]
-               for p in ("pretrain", "sft", "reward", "ppo")}
+                    "--set", f"seed={seed}", "--set", f"launch.master_port={29600 + seed}"], check=True)
+    manifests = {p: json.loads((run_dir / p / "manifest.json").read_text()) for p in ("pretrain", "sft", "reward", "ppo")}
+    metrics = {p: m["metrics"] for p, m in manifests.items()}
+    started = datetime.fromisoformat(manifests["pretrain"]["started"])
+    finished = datetime.fromisoformat(manifests["ppo"]["finished"])
     return {"seed": seed, "pretrain_eval_loss": metrics["pretrain"]["eval_loss"],
             "sft_oracle": metrics["sft"]["oracle_score"], "rm_accuracy": metrics["reward"]["pairwise_accuracy"],
             "ppo_oracle": metrics["ppo"]["oracle_score"], "ppo_kl": metrics["ppo"]["kl"],
-            "ppo_reward": metrics["ppo"]["reward"], "minutes": (time.perf_counter() - started) / 60}
+            "ppo_reward": metrics["ppo"]["reward"], "minutes": (finished - started).total_seconds() / 60}
 
 
 def row(r: dict) -> list[str]:
