@@ -232,8 +232,8 @@ def memory_table(rows: list[dict]) -> str:
             table.append([r["pp"], r["m"], s, r["in_flight"][s], min(r["pp"] - s, r["m"]), r["m"],
                           f"{r['first_forward_bytes'][s] / MiB:.2f}", f"{r['peak_bytes'][s] / MiB:.2f}",
                           f"{r['planned_bytes'][s] / MiB:.2f}", f"{r['peak_bytes'][s] / r['planned_bytes'][s]:.3f}"])
-    return markdown_table(["PP", "m", "stage", "in flight (1F1B, measured)", "planner", "GPipe would hold",
-                           "MiB after one forward", "peak MiB", "planner MiB", "measured / planner"], table)
+    return markdown_table(["PP", "m", "stage", "in flight (1F1B, measured)", "p − s", "GPipe would hold",
+                           "MiB after one forward", "peak MiB", "planned MiB", "measured / planned"], table)
 
 
 READING = """How to read it:
@@ -250,6 +250,8 @@ READING = """How to read it:
 - Micro-batches in flight and activation bytes do not depend on timing: they are exact on any machine.
   DeepSpeed's `TrainSchedule` holds p − s micro-batches on stage s (p on the first), as the planner assumes;
   GPipe's all-forward-then-all-backward schedule would hold all m on every stage.
+- *Planned MiB* is the planner's `stage_activation_bytes` for the first and the last stage (the two it
+  checks); for a middle stage s, Korthikanti's bytes per layer × its layers × (p − s).
 - Activation bytes are in-flight × one micro-batch's, and one micro-batch's are about 18% above
   Korthikanti et al.'s fp32 figure for this shape, for two CPU-specific reasons measured tensor by tensor
   (per layer 104·s·b·h bytes against the formula's 88 at a·s/h = 2): CPU dropout keeps float32 masks (4 bytes
