@@ -46,6 +46,7 @@ PHASE_SETS = (
     "sft.layout.micro_batch=4", "sft.loop.steps=3", "sft.loop.log_every=1", "sft.loop.eval_batches=2",
     "reward.layout.micro_batch=2", "reward.loop.steps=3", "reward.loop.log_every=1",
     "ppo.layout.micro_batch=4", "ppo.loop.steps=2", "ppo.loop.log_every=1", "ppo.loop.seq_len=64",
+    "ppo.ptx_coef=27.8",  # InstructGPT's γ_ptx: the real run goes through the PPO-ptx path
     "oracle_eval.prompts=8", "oracle_eval.batch_size=8",
 )
 TASK_SETS = ("data.task.sft_train=200", "data.task.sft_eval=32", "data.task.rm_train=100",

@@ -45,6 +45,7 @@ def test_ppo_starts_with_zero_kl_because_actor_and_reference_are_the_same_model(
     assert first["step"] == 1
     assert abs(first["kl"]) < 1e-6
     assert first["skipped_steps"] == 0 and math.isfinite(first["reward"])
+    assert math.isfinite(first["ptx_loss"]) and first["ptx_loss"] > 0     # PPO-ptx ran in the actor's step
 
 
 @pytest.mark.e2e
