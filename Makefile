@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-fast smoke smoke-3d smoke-moe plan-gpt3 bench clean
+.PHONY: install test test-fast smoke smoke-3d smoke-moe plan-gpt3 bench bench-rlhf clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,10 @@ bench: install
 	$(BIN)/python -m benchmarks.pipeline_bubble --pp 2 4 --micro-batches 4 8 16 --steps 3 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.memory_accuracy --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md
+
+# The tiny pipeline over three seeds (about 10 minutes a seed on idle cores): the RLHF phases section.
+bench-rlhf: install
+	$(BIN)/python benchmarks/rlhf_seeds.py --seeds 1 2 3 --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache

@@ -54,7 +54,9 @@ def section(results: list[dict], command: str) -> str:
             "each its own deepspeed launcher process. Oracle scores are the task labeller's mean score of "
             "responses sampled at temperature 1 for the same held-out prompts with the same sampling seed "
             "(SFT and PPO policies alike); KL is Σ_t log π/π_SFT per response on those prompts; RM accuracy "
-            "is held-out pairwise accuracy on the SFT policy's own samples, tied pairs dropped.\n\n"
+            "is held-out pairwise accuracy on the SFT policy's own samples, tied pairs dropped. Minutes are wall "
+            "clock from pretrain's start to PPO's end as the manifests record them (seeds may have run side by "
+            "side, sharing the cores).\n\n"
             f"{table}\n")
 
 
