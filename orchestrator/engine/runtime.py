@@ -45,7 +45,8 @@ class StepResult:
     skipped: bool
     """A non-finite loss (any rank) or gradient: nothing was updated."""
     tokens: int
-    """Input tokens of this step over all data-parallel ranks (padding excluded)."""
+    """Input tokens of this step over all data-parallel ranks (positions where a given
+    ``attention_mask`` is 0 are not counted)."""
     metrics: dict[str, float] = field(default_factory=dict)
 
 
