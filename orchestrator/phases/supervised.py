@@ -9,7 +9,6 @@ from __future__ import annotations
 import abc
 from typing import Callable, Optional
 
-import torch
 
 from orchestrator.data.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_info
 from orchestrator.engine.build import build_runtime
@@ -94,7 +93,3 @@ class SupervisedPhase(Phase):
 
 def run_tokenizer_dir(ctx):
     return ctx.data_dir / "tokenizer"
-
-
-def mean_over_batches(values: list[float]) -> float:
-    return float(torch.tensor(values).mean()) if values else float("nan")
