@@ -9,7 +9,6 @@ from __future__ import annotations
 import abc
 from typing import Callable, Optional
 
-
 from orchestrator.data.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_info
 from orchestrator.engine.build import build_runtime
 from orchestrator.handoff.manifest import PARENTS
