@@ -69,8 +69,14 @@ def plain_step(*, fused: bool | None = None) -> Callable[[dict], float]:
     init_parameters(param_shards(model), config=config, seed=0)
     optimizer = adamw(model.parameters(), fused=fused)
 
+    return torch_step(model, optimizer)
+
+
+def torch_step(model, optimizer) -> Callable[[dict], float]:
+    """A plain PyTorch training step (forward, backward, clip, AdamW) shared by the plain and HF contenders."""
+
     def step(batch: dict) -> float:
-        loss = lm_loss(model(batch["input_ids"]).logits, batch["labels"])
+        loss = lm_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
         optimizer.step()
@@ -90,16 +96,7 @@ def hf_step() -> Callable[[dict], float]:
                                        attn_pdrop=c.dropout, bos_token_id=0, eos_token_id=0)).train()
     optimizer = adamw(model.parameters())
 
-    def step(batch: dict) -> float:
-        logits = model(input_ids=batch["input_ids"]).logits
-        loss = lm_loss(logits, batch["labels"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return step
+    return torch_step(model, optimizer)
 
 
 def matmul_flops(n: int, seconds: float) -> float:
