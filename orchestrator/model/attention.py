@@ -19,26 +19,55 @@ from torch.utils.checkpoint import checkpoint
 from orchestrator.config.model import GPTConfig
 
 
-@dataclass(frozen=True)
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, each (B, H_local, T_past, d_head).
+    """Keys and values of every layer for the tokens seen so far, each (B, H_local, T, d_head).
 
-    Start sampling with ``KVCache.empty()``; each forward returns a new cache holding the old
-    tokens plus the new ones. ``attention_mask`` passed with a cache covers past + new tokens.
+    Start sampling with ``KVCache.empty(capacity=P + N)``: each layer's keys and values go into one
+    buffer of ``capacity`` tokens, allocated at the first forward and written in place after that,
+    so a decoding step copies only its new token (a cache grown by concatenation copies everything
+    cached, every step). Without a capacity, or past it, the buffer grows by doubling. The forward
+    fills the cache passed in and returns it; ``attention_mask`` passed with a cache covers past +
+    new tokens. Inference only: the returned keys and values are views of buffers the next step
+    writes into, so they must not be saved for a backward pass.
     """
 
-    layers: tuple[tuple[Tensor, Tensor], ...] = ()
+    def __init__(self, capacity: Optional[int] = None):
+        self.capacity = capacity
+        self.length = 0
+        """Tokens cached in every layer (advanced by ``advance`` once all layers have written)."""
+        self._keys: dict[int, Tensor] = {}
+        self._values: dict[int, Tensor] = {}
 
     @staticmethod
-    def empty() -> "KVCache":
-        return KVCache(())
+    def empty(capacity: Optional[int] = None) -> "KVCache":
+        return KVCache(capacity)
 
-    @property
-    def length(self) -> int:
-        return self.layers[0][0].shape[2] if self.layers else 0
+    def update(self, index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write layer ``index``'s new keys and values (B, H, T_new, d) after the cached ones;
+        return the keys and values of all ``length + T_new`` tokens (views of the buffers)."""
+        end = self.length + k.shape[2]
+        if index not in self._keys:
+            self._keys[index], self._values[index] = self._allocate(k, end), self._allocate(v, end)
+        elif end > self._keys[index].shape[2]:
+            self._keys[index] = self._grow(self._keys[index], end)
+            self._values[index] = self._grow(self._values[index], end)
+        keys, values = self._keys[index], self._values[index]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
-    def layer(self, index: int) -> Optional[tuple[Tensor, Tensor]]:
-        return self.layers[index] if index < len(self.layers) else None
+    def advance(self, tokens: int) -> None:
+        self.length += tokens
+
+    def _allocate(self, like: Tensor, needed: int) -> Tensor:
+        batch, heads, _, d_head = like.shape
+        size = max(needed, self.capacity or 0)
+        return like.new_empty(batch, heads, size, d_head)
+
+    def _grow(self, buffer: Tensor, needed: int) -> Tensor:
+        grown = buffer.new_empty(*buffer.shape[:2], max(needed, 2 * buffer.shape[2]), buffer.shape[3])
+        grown[:, :, :self.length] = buffer[:, :, :self.length]
+        return grown
 
 
 @dataclass(frozen=True)
@@ -86,17 +115,18 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.d_head = config.d_head
         self.attn_dropout = config.dropout
+        self.layer_index = layer_index
         self.is_local = config.is_local_layer(layer_index)
         self.recompute_core = False
         """Selective recompute (Korthikanti et al. 2022, §4.1): re-run softmax(QKᵀ)V in backward."""
 
     def forward(self, x: Tensor, *, masks: AttentionMasks,
-                cache: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                cache: Optional[KVCache] = None) -> Tensor:
         batch, q_len, _ = x.shape
         qkv = self.c_attn(x)                                                   # (B, T, 3·H·d)
         q, k, v = qkv.view(batch, q_len, 3, -1, self.d_head).permute(2, 0, 3, 1, 4)  # (B, H, T, d)
         if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            k, v = cache.update(self.layer_index, k, v)
         mask = masks.for_layer(self.is_local)
         dropout = self.attn_dropout if self.training else 0.0
         if self.recompute_core and self.training:
@@ -104,7 +134,7 @@ class CausalSelfAttention(nn.Module):
         else:
             y = _attend(q, k, v, mask, dropout)
         y = y.transpose(1, 2).reshape(batch, q_len, -1)                        # (B, T, H·d)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return self.resid_dropout(self.c_proj(y))
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout: float) -> Tensor:

@@ -17,7 +17,8 @@ Usage::
 
     model = GPT(config)                                 # head="lm"
     out = model(input_ids)                              # out.logits (B, T, V), out.aux_loss
-    out = model(ids, attention_mask=mask, position_ids=pos, kv_cache=KVCache.empty())
+    cache = KVCache.empty(capacity=T + max_new)         # filled in place by each forward
+    out = model(ids, attention_mask=mask, position_ids=pos, kv_cache=cache, last_only=True)
     out = model(next_ids, attention_mask=mask2, position_ids=pos2, kv_cache=out.kv_cache)
 """
 from __future__ import annotations
@@ -43,9 +44,9 @@ class GPTOutput:
 
     ``logits``: (B, T, V) for ``head="lm"`` — the full vocabulary unless the caller asked for
     ``parallel_logits`` under tensor parallelism, then this rank's (padded) vocabulary shard —
-    or (B, T) values for ``head="scalar"``. ``aux_loss``: the MoE load-balancing loss already
+    or (B, T) values for ``head="scalar"`` (T = 1 with ``last_only``). ``aux_loss``: the MoE load-balancing loss already
     weighted by ``aux_loss_coef`` and summed over layers (0 for dense models), to be added to the
-    training loss. ``kv_cache``: the updated cache when one was passed in, else None.
+    training loss. ``kv_cache``: the cache passed in, now holding the new tokens too (None without one).
     """
 
     logits: Tensor
@@ -97,16 +98,14 @@ class Block(nn.Module):
             self.mlp = MLP(config)
         self.aux_loss_coef = config.aux_loss_coef
 
-    def forward(self, x: Tensor, *, masks: AttentionMasks, cache: Optional[tuple[Tensor, Tensor]] = None
-                ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
-        attn_out, new_cache = self.attn(self.ln_1(x), masks=masks, cache=cache)
-        x = x + attn_out
+    def forward(self, x: Tensor, *, masks: AttentionMasks, cache: Optional[KVCache] = None) -> tuple[Tensor, Tensor]:
+        x = x + self.attn(self.ln_1(x), masks=masks, cache=cache)
         if self.is_moe:
             ffn_out, aux = self.mlp(self.ln_2(x))
             aux = self.aux_loss_coef * aux
         else:
             ffn_out, aux = self.mlp(self.ln_2(x)), x.new_zeros(())
-        return x + ffn_out, aux, new_cache
+        return x + ffn_out, aux
 
 
 class GPT(nn.Module):
@@ -134,27 +133,30 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: Tensor, *, attention_mask: Optional[Tensor] = None,
                 position_ids: Optional[Tensor] = None, kv_cache: Optional[KVCache] = None,
-                parallel_logits: bool = False) -> GPTOutput:
+                parallel_logits: bool = False, last_only: bool = False) -> GPTOutput:
         """``input_ids`` (B, T). ``attention_mask`` (B, T_past + T), 1 = real token, 0 = (left)
         padding. ``position_ids`` (B, T) default to T_past, T_past+1, …; for left-padded rows pass
-        ``(attention_mask.cumsum(-1) - 1).clamp(min=0)`` (the new tokens' part of it)."""
-        x = self.embed(input_ids, position_ids=position_ids, past=kv_cache.length if kv_cache else 0)
-        masks = AttentionMasks.build(q_len=input_ids.shape[1], past=kv_cache.length if kv_cache else 0,
-                                     attention_mask=attention_mask, window=self.config.local_window
-                                     if self.config.attention == "alternating" else None, device=x.device)
-        aux_loss, new_layers = x.new_zeros(()), []
-        for index, block in enumerate(self.h):
-            layer_cache = kv_cache.layer(index) if kv_cache else None
-            if self.recompute_blocks and self.training and layer_cache is None:
-                x, aux, kv = checkpoint(block, x, masks=masks, use_reentrant=False)
+        ``(attention_mask.cumsum(-1) - 1).clamp(min=0)`` (the new tokens' part of it).
+        ``last_only``: apply the head to the last position only (a sampler's prompt forward), so
+        the output is (B, 1, V) or (B, 1)."""
+        past = kv_cache.length if kv_cache is not None else 0
+        x = self.embed(input_ids, position_ids=position_ids, past=past)
+        masks = AttentionMasks.build(q_len=input_ids.shape[1], past=past, attention_mask=attention_mask,
+                                     window=self.config.local_window if self.config.attention == "alternating"
+                                     else None, device=x.device)
+        aux_loss = x.new_zeros(())
+        for block in self.h:
+            if self.recompute_blocks and self.training and kv_cache is None:
+                x, aux = checkpoint(block, x, masks=masks, use_reentrant=False)
             else:
-                x, aux, kv = block(x, masks=masks, cache=layer_cache)
+                x, aux = block(x, masks=masks, cache=kv_cache)
             aux_loss = aux_loss + aux
-            new_layers.append(kv)
-        x = self.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.advance(input_ids.shape[1])
+        x = self.ln_f(x[:, -1:] if last_only else x)
         output = self.value_head(x).squeeze(-1) if self.head == "scalar" else \
             self.wte.logits(x, parallel_output=parallel_logits)
-        return GPTOutput(output, aux_loss, KVCache(tuple(new_layers)) if kv_cache is not None else None)
+        return GPTOutput(output, aux_loss, kv_cache)
 
     def embed(self, input_ids: Tensor, *, position_ids: Optional[Tensor], past: int) -> Tensor:
         seq = input_ids.shape[1]

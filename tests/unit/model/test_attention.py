@@ -23,12 +23,12 @@ def test_a_token_in_a_local_layer_cannot_see_outside_its_window():
     assert attention.is_local
     x = torch.randn(1, 12, config.d_model)
     masks = AttentionMasks.build(q_len=12, past=0, attention_mask=None, window=4, device=x.device)
-    base = attention(x, masks=masks)[0]
+    base = attention(x, masks=masks)
     query = 10                                   # sees keys 7, 8, 9, 10
     for key in range(12):
         moved = x.clone()
         moved[0, key] += 1.0
-        changed = not torch.allclose(attention(moved, masks=masks)[0][0, query], base[0, query])
+        changed = not torch.allclose(attention(moved, masks=masks)[0, query], base[0, query])
         assert changed == (7 <= key <= 10), key
 
 
@@ -76,6 +76,27 @@ def test_decoding_with_the_kv_cache_gives_the_full_forward_logits(preset):
     cached = torch.cat(steps, dim=1)
     assert torch.allclose(cached[0], full[0], atol=1e-5)
     assert torch.allclose(cached[1, 3:], full[1, 3:], atol=1e-5)
+
+
+def test_a_preallocated_cache_is_written_in_place_and_decodes_like_a_growing_one():
+    gpt = model("tiny")
+    ids = torch.randint(1, 2048, (2, 12))
+    logits, caches = {}, {}
+    for capacity in (None, 12):
+        cache = KVCache.empty(capacity=capacity)
+        out = gpt(ids[:, :6], kv_cache=cache, last_only=True)
+        assert out.logits.shape == (2, 1, 2048) and out.kv_cache is cache
+        buffer = cache.update(0, *(torch.zeros(2, 4, 0, 16) for _ in range(2)))[0]   # a zero-token write
+        steps = [out.logits]
+        for t in range(6, 12):
+            steps.append(gpt(ids[:, t:t + 1], kv_cache=cache).logits)
+        logits[capacity], caches[capacity] = torch.cat(steps, dim=1), cache
+        if capacity:                    # no reallocation: the first step's buffer holds every token
+            assert cache.update(0, *(torch.zeros(2, 4, 0, 16) for _ in range(2)))[0].data_ptr() == buffer.data_ptr()
+    assert caches[12].length == caches[None].length == 12
+    full = gpt(ids).logits
+    assert torch.allclose(logits[12], full[:, 5:], atol=1e-5)
+    assert torch.allclose(logits[None], logits[12], atol=1e-6)
 
 
 def test_a_mask_that_does_not_cover_cache_and_input_is_refused():
