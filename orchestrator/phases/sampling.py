@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
 from orchestrator.model.attention import KVCache
@@ -39,17 +40,59 @@ class Rollout:
         return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+NUCLEUS_CANDIDATES = 256
+"""Tokens ``nucleus_sample`` selects before it falls back to sorting the whole vocabulary."""
+
+
 def next_token(logits: Tensor, *, temperature: float, top_p: float, generator: torch.Generator) -> Tensor:
     """One token per row from (B, V) logits: temperature, then nucleus (top-p) sampling (Holtzman et al. 2020)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p   # keep the smallest set reaching top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return nucleus_sample(probs, top_p, generator=generator)
+    return draw(probs, generator=generator)
+
+
+def nucleus_sample(probs: Tensor, top_p: float, *, generator: torch.Generator) -> Tensor:
+    """A token per row of (B, V) ``probs`` from its nucleus: the most probable tokens, in descending
+    order, up to and including the one whose cumulative probability first exceeds ``top_p``.
+
+    A trained model's nucleus is a few dozen tokens, so the ``NUCLEUS_CANDIDATES`` most probable
+    are selected first (``topk``, linear in V) and the vocabulary is sorted only when they hold at
+    most ``top_p`` of some row's mass (as for an untrained, near-uniform model); the sort then runs
+    on the probabilities' float32 bit patterns, which order as the values do (non-negative floats)
+    and sort faster than floats on CPU. The draw happens in sorted order, so nothing is scattered
+    back to vocabulary order. On CPU, V = 8192, batch 8: a full float sort 4.0 ms, the int sort 2.8
+    ms, ``topk`` of 256 0.7 ms.
+    """
+    vocab = probs.shape[-1]
+    top, index = None, None
+    if vocab > NUCLEUS_CANDIDATES and bool((probs.amax(dim=-1) * NUCLEUS_CANDIDATES > top_p).all()):
+        top, index = probs.topk(NUCLEUS_CANDIDATES, dim=-1)
+        if not bool((top.sum(dim=-1) > top_p).all()):         # some row's nucleus reaches further
+            top = None
+    if top is None:
+        bits, index = probs.float().view(torch.int32).sort(dim=-1, descending=True)
+        top = bits.view(torch.float32)
+    outside = top.cumsum(dim=-1) - top > top_p                  # mass before the token exceeds top_p
+    return index.gather(-1, draw(top.masked_fill(outside, 0.0), generator=generator)[:, None]).squeeze(-1)
+
+
+def draw(probs: Tensor, *, generator: torch.Generator) -> Tensor:
+    """One index per row of (B, V) non-negative weights, with probability proportional to its weight.
+
+    Inverse-CDF sampling: one uniform per row against the running sum, where ``torch.multinomial``
+    draws one exponential per vocabulary entry (on CPU, V = 8192, batch 8: 0.2 ms against 1.6 ms).
+    """
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=cdf.dtype) * total
+    first_above = torch.searchsorted(cdf, u, right=True)
+    # u rounds up to the total only when rand is within an ulp of 1: then take the last entry of
+    # non-zero weight, the first whose cdf reaches the total
+    last_weighted = torch.searchsorted(cdf, total, right=False)
+    return torch.minimum(first_above, last_weighted).squeeze(-1)
 
 
 @torch.no_grad()
@@ -57,13 +100,17 @@ def sample(model, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: 
            temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator) -> Rollout:
     """Sample up to ``max_new_tokens`` per prompt, stopping each row at its EOS. ``model`` must be in eval mode."""
     batch, prompt_len = input_ids.shape
-    mask = attention_mask.long()
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids, attention_mask=mask, position_ids=position, kv_cache=KVCache.empty())
+    # the prompt's mask, then 1 for every token generated (rows past their EOS included: the
+    # model still reads their pad tokens); the step at length L passes the first L columns
+    mask = F.pad(attention_mask.long(), (0, max_new_tokens), value=1)
+    position = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = KVCache.empty(capacity=prompt_len + max_new_tokens)
+    out = model(input_ids, attention_mask=mask[:, :prompt_len], position_ids=position, kv_cache=cache,
+                last_only=True)
     tokens, alive = [], torch.ones(batch, dtype=torch.bool, device=input_ids.device)
     response_mask = []
     next_position = position[:, -1:] + 1
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         token = next_token(out.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator)
         token = torch.where(alive, token, torch.full_like(token, pad_id))
         tokens.append(token)
@@ -71,8 +118,8 @@ def sample(model, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: 
         alive = alive & (token != eos_id)
         if not alive.any():
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(token[:, None], attention_mask=mask, position_ids=next_position, kv_cache=out.kv_cache)
+        out = model(token[:, None], attention_mask=mask[:, :prompt_len + step + 1], position_ids=next_position,
+                    kv_cache=cache)
         next_position = next_position + 1
     response = torch.stack(tokens, dim=1)                                     # (B, N)
     response_mask = torch.stack(response_mask, dim=1)
