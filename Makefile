@@ -47,7 +47,7 @@ plan-gpt3: install
 # Every benchmark, each rewriting its own section of BENCHMARKS.md (18 min measured on 2 cores at load average 10-13).
 bench: install
 	$(BIN)/python benchmarks/planner_search.py --repeats 30 --write BENCHMARKS.md
-	$(BIN)/python benchmarks/train_throughput.py --steps 10 --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.train_throughput --steps 10 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.pipeline_bubble --pp 2 4 --micro-batches 4 8 16 --steps 3 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.memory_accuracy --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md

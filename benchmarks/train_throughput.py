@@ -1,8 +1,8 @@
 """Training tokens/s of one process: our runtime vs a plain PyTorch loop vs Hugging Face GPT-2.
 
-Same shape for all three (preset ``gpt-25m``: 6 layers, d_model 512, 8 heads, vocab 8192,
-sequence 256, batch 8, dropout 0.1), same data, AdamW with the same hyperparameters and gradient
-clipping at 1.0:
+Each shape (``--shapes``; by default preset ``gpt-25m`` at sequence 256, batch 8, and the 125M
+``gpt3-small`` at a short sequence, 128, batch 4) is run by all contenders with the same data,
+AdamW with the same hyperparameters and gradient clipping at 1.0:
 
 - ``ours``:  ``build_runtime`` → DeepSpeed engine (ZeRO 0, fp32) → ``Runtime.train_step``;
 - ``plain``: the same ``GPT`` module, ``torch.optim.AdamW`` (torch's defaults), ``clip_grad_norm_``,
@@ -17,7 +17,8 @@ the plain loop's step of the same turn); the fastest step is the least disturbed
 Achieved FLOP/s uses the model FLOPs of Narayanan et al. 2021 (``GPTConfig.flops_per_token``,
 no recompute) and is given as a fraction of this machine's measured fp32 matmul peak.
 
-    .venv/bin/python benchmarks/train_throughput.py --steps 10 --write BENCHMARKS.md
+    .venv/bin/python -m benchmarks.train_throughput --steps 10 --write BENCHMARKS.md
+    .venv/bin/python -m benchmarks.train_throughput --shapes gpt-25m:256:8 --steps 4
 """
 from __future__ import annotations
 
@@ -27,25 +28,62 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from orchestrator.config.model import get_model
+from benchmarks.common import write_section
+from orchestrator.config.model import GPTConfig, get_model
 from orchestrator.config.run import OptimConfig
 from orchestrator.model.gpt import GPT
 from orchestrator.model.loss import lm_loss
 from orchestrator.model.params import init_parameters, param_shards
 
-PRESET, SEQ, BATCH = "gpt-25m", 256, 8
 OPTIM = OptimConfig(lr=3e-4, warmup_steps=0, grad_clip=1.0)
 HEADING = "## Training throughput"
 
 
-def batches(count: int, vocab: int) -> list[dict[str, torch.Tensor]]:
+@dataclass(frozen=True)
+class Shape:
+    """A model preset trained at ``seq`` tokens × ``batch`` sequences per step."""
+
+    preset: str
+    seq: int
+    batch: int
+
+    @staticmethod
+    def parse(text: str) -> "Shape":
+        try:
+            preset, seq, batch = text.split(":")
+            shape = Shape(preset, int(seq), int(batch))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"shape {text!r}: write PRESET:SEQ:BATCH, e.g. gpt-25m:256:8") from None
+        try:
+            get_model(shape.preset)
+        except (KeyError, ValueError) as error:       # the message names the presets
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return shape
+
+    @property
+    def config(self) -> GPTConfig:
+        return get_model(self.preset)
+
+    @property
+    def tokens(self) -> int:
+        return self.seq * self.batch
+
+    def __str__(self) -> str:
+        return f"{self.preset}:{self.seq}:{self.batch}"
+
+
+SHAPES = (Shape("gpt-25m", 256, 8), Shape("gpt3-small", 128, 4))
+
+
+def batches(shape: Shape, count: int) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
-    blocks = torch.randint(0, vocab, (count, BATCH, SEQ + 1), generator=g)
+    blocks = torch.randint(0, shape.config.vocab, (count, shape.batch, shape.seq + 1), generator=g)
     return [{"input_ids": b[:, :-1], "labels": b[:, 1:]} for b in blocks]
 
 
@@ -54,17 +92,17 @@ def adamw(params, *, fused: bool | None = None) -> torch.optim.AdamW:
                              weight_decay=OPTIM.weight_decay, fused=fused)
 
 
-def ours_step() -> Callable[[dict], float]:
+def ours_step(shape: Shape) -> Callable[[dict], float]:
     from orchestrator.engine.build import build_runtime
     from orchestrator.plan.layout import Layout
 
-    runtime = build_runtime(get_model(PRESET), Layout(micro_batch=BATCH, grad_accum=1), OPTIM,
+    runtime = build_runtime(shape.config, Layout(micro_batch=shape.batch, grad_accum=1), OPTIM,
                             total_steps=1000, seed=0)
     return lambda batch: runtime.train_step([batch]).loss
 
 
-def plain_step(*, fused: bool | None = None) -> Callable[[dict], float]:
-    config = get_model(PRESET)
+def plain_step(shape: Shape, *, fused: bool | None = None) -> Callable[[dict], float]:
+    config = shape.config
     model = GPT(config)
     init_parameters(param_shards(model), config=config, seed=0)
     optimizer = adamw(model.parameters(), fused=fused)
@@ -86,10 +124,10 @@ def torch_step(model, optimizer) -> Callable[[dict], float]:
     return step
 
 
-def hf_step() -> Callable[[dict], float]:
+def hf_step(shape: Shape) -> Callable[[dict], float]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    c = get_model(PRESET)
+    c = shape.config
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab, n_positions=c.ctx, n_embd=c.d_model, n_layer=c.n_layers,
                                        n_head=c.n_heads, resid_pdrop=c.dropout, embd_pdrop=c.dropout,
@@ -115,9 +153,9 @@ def matmul_peak(seconds: float = 3.0) -> float:
     return max(matmul_flops(n, seconds / 3) for n in (1024, 2048, 3072))
 
 
-def optimizer_step_seconds(repeats: int = 3) -> dict[str, float]:
+def optimizer_step_seconds(shape: Shape, repeats: int = 3) -> dict[str, float]:
     """AdamW.step on the model's parameters: torch's default on CPU (a loop over tensors) vs fused."""
-    model = GPT(get_model(PRESET))
+    model = GPT(shape.config)
     for param in model.parameters():
         param.grad = torch.randn_like(param)
     seconds = {}
@@ -131,20 +169,25 @@ def optimizer_step_seconds(repeats: int = 3) -> dict[str, float]:
     return seconds
 
 
-def measure(contenders: dict[str, Callable[[dict], float]], *, steps: int,
-            warmup: int) -> tuple[dict[str, dict], list[float]]:
+def contenders(shape: Shape) -> dict[str, Callable[[dict], float]]:
+    return {"ours": ours_step(shape), "plain": plain_step(shape), "plain_fused": plain_step(shape, fused=True),
+            "hf": hf_step(shape)}
+
+
+def measure(shape: Shape, *, steps: int, warmup: int) -> tuple[dict[str, dict], list[float]]:
     """Wall and CPU seconds of every step per contender. Contenders take turns step by step, so
     load from other processes falls on all of them alike and each step can be compared with the
     neighbouring steps of the others (paired ratios)."""
-    data = batches(steps, get_model(PRESET).vocab)
-    for step in contenders.values():
+    steppers = contenders(shape)
+    data = batches(shape, warmup + steps)
+    for step in steppers.values():
         for batch in data[:warmup]:
             step(batch)
-    times: dict[str, dict] = {name: {"wall": [], "cpu": []} for name in contenders}
+    times: dict[str, dict] = {name: {"wall": [], "cpu": []} for name in steppers}
     probes = []
-    for batch in data:
+    for batch in data[warmup:]:
         probes.append(matmul_flops(2048, 0.5))      # a peak probe in every turn, under the turn's load
-        for name, step in contenders.items():
+        for name, step in steppers.items():
             wall, cpu = time.perf_counter(), time.process_time()
             step(batch)
             times[name]["wall"].append(time.perf_counter() - wall)
@@ -157,72 +200,69 @@ def paired_speedup(times: dict[str, dict], name: str, *, clock: str) -> float:
     return statistics.median(p / t for p, t in zip(times["plain"][clock], times[name][clock]))
 
 
-def report(times: dict[str, dict], *, peak: float, optimizer: dict[str, float], command: str) -> str:
-    config = get_model(PRESET)
-    tokens = BATCH * SEQ
-    flops_per_step = config.flops_per_token(seq=SEQ) * tokens
-    rows = ["| contender | median step s | fastest step s | median CPU s per step | tokens/s (median) "
-            "| model GFLOP/s (fastest) | of fp32 matmul peak (fastest) | speed vs plain: wall / CPU |",
-            "|---|---|---|---|---|---|---|---|"]
+def shape_rows(shape: Shape, times: dict[str, dict], *, peak: float) -> list[list[str]]:
+    flops_per_step = shape.config.flops_per_token(seq=shape.seq) * shape.tokens
+    rows = []
     for name, clocks in times.items():
         median, fastest = statistics.median(clocks["wall"]), min(clocks["wall"])
-        rows.append(f"| {name} | {median:.2f} | {fastest:.2f} | {statistics.median(clocks['cpu']):.2f} | "
-                    f"{tokens / median:,.0f} | {flops_per_step / fastest / 1e9:.1f} | "
-                    f"{flops_per_step / fastest / peak:.1%} | {paired_speedup(times, name, clock='wall'):.3f} / "
-                    f"{paired_speedup(times, name, clock='cpu'):.3f} |")
+        rows.append([str(shape), f"{shape.config.params() / 1e6:.1f}M", name, f"{median:.2f}", f"{fastest:.2f}",
+                     f"{statistics.median(clocks['cpu']):.2f}", f"{shape.tokens / median:,.0f}",
+                     f"{flops_per_step / fastest / 1e9:.1f}", f"{flops_per_step / fastest / peak:.1%}",
+                     f"{paired_speedup(times, name, clock='wall'):.3f} / {paired_speedup(times, name, clock='cpu'):.3f}"])
+    return rows
+
+
+def report(results: dict[Shape, dict[str, dict]], *, peak: float, optimizer: dict[Shape, dict[str, float]],
+           steps: int, command: str) -> str:
+    header = ["shape (preset:seq:batch)", "params", "contender", "median step s", "fastest step s",
+              "median CPU s per step", "tokens/s (median)", "model GFLOP/s (fastest)",
+              "of fp32 matmul peak (fastest)", "speed vs plain: wall / CPU"]
+    rows = [row for shape, times in results.items() for row in shape_rows(shape, times, peak=peak)]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    flops = "; ".join(f"`{shape.preset}` {shape.config.flops_per_token(seq=shape.seq) * shape.tokens / 1e9:.1f} GFLOP "
+                      f"({shape.config.flops_per_token(seq=shape.seq) / 1e6:.1f} MFLOP per token)" for shape in results)
+    adam = "; ".join(f"`{shape.preset}` {secs['default']:.2f} s against {secs['fused']:.2f} s"
+                     for shape, secs in optimizer.items())
     machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return "\n".join([
         HEADING, "",
-        f"One process, preset `{PRESET}` ({config.params() / 1e6:.1f}M parameters), sequence {SEQ}, batch {BATCH}, "
-        f"fp32, AdamW, clipping 1.0; {len(times['plain']['wall'])} measured steps per contender, taken in turns.",
+        f"One process, fp32, AdamW, clipping 1.0; {steps} measured steps per contender and shape, taken in turns.",
         "", "```bash", command, "```", "",
-        f"Machine: {machine}; fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s, the best of probes taken before the run "
-        f"and in every turn (so it and the fastest steps are the least disturbed figures). "
-        f"Date: {datetime.date.today().isoformat()}.", "",
-        *rows, "",
-        f"Model FLOPs per step: {flops_per_step / 1e9:.1f} GFLOP ({config.flops_per_token(seq=SEQ) / 1e6:.1f} MFLOP "
-        f"per token, Narayanan et al. 2021). Speed vs plain: median over steps of plain's step time divided by "
-        f"the contender's in the same turn (> 1: faster than plain), by wall clock and by process CPU time.", "",
-        "What was removed to get here: torch's default AdamW on CPU loops over tensors in Python "
-        f"({optimizer['default']:.2f} s per step for this model in the same run) where `AdamW(fused=True)` takes "
-        f"{optimizer['fused']:.2f} s, so the runtime uses the fused kernel (`plain` keeps torch's default; "
-        "`plain_fused` uses the runtime's kernel, so ours vs plain_fused is the runtime's own cost); DeepSpeed "
-        "flattened, all-reduced and copied back every gradient even with one data-parallel rank, which the "
-        "runtime now turns off when there is nothing to reduce; clipping uses torch's foreach norm and scale. "
-        "The machine was shared with other jobs during the run, so wall times swing and the matmul peak is "
-        "measured under the same load: the fractions of peak are indicative, the paired CPU-time ratios are "
-        "the steadiest comparison.", ""])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's ``##`` section of BENCHMARKS.md (or append it), nothing else."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    if HEADING in lines:
-        start = lines.index(HEADING)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = section.rstrip("\n").splitlines() + [""]
-        path.write_text("\n".join(lines).rstrip("\n") + "\n")
-    else:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
+        f"Machine: {machine}; load average {load} (1 / 5 / 15 min) at the end; fp32 matmul peak: "
+        f"{peak / 1e9:.1f} GFLOP/s, the best of probes taken before the run and in every turn (so it and the "
+        f"fastest steps are the least disturbed figures). Date: {datetime.date.today().isoformat()}.", "",
+        *table, "",
+        f"Model FLOPs per step (Narayanan et al. 2021, no recompute): {flops}. Speed vs plain: median over steps "
+        f"of plain's step time divided by the contender's in the same turn (> 1: faster than plain), by wall "
+        f"clock and by process CPU time.", "",
+        "What was removed to get here: torch's default AdamW on CPU loops over tensors in Python where "
+        f"`AdamW(fused=True)` runs one kernel (optimizer step, same run: {adam}), so the runtime uses the fused "
+        "kernel (`plain` keeps torch's default; `plain_fused` uses the runtime's kernel, so ours vs plain_fused is "
+        "the runtime's own cost); DeepSpeed flattened, all-reduced and copied back every gradient even with one "
+        "data-parallel rank, which the runtime now turns off when there is nothing to reduce; clipping uses "
+        "torch's foreach norm and scale. Wall times swing with whatever else the machine runs: the paired "
+        "CPU-time ratios are the steadiest comparison.", ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", type=Shape.parse, default=list(SHAPES),
+                        help="PRESET:SEQ:BATCH each (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per contender")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--write", type=Path, help="update this file's '## Training throughput' section")
     args = parser.parse_args()
-    contenders = {"ours": ours_step(), "plain": plain_step(), "plain_fused": plain_step(fused=True),
-                  "hf": hf_step()}
     peak = matmul_peak()
-    times, probes = measure(contenders, steps=args.steps, warmup=args.warmup)
-    optimizer = optimizer_step_seconds()
-    peak = max(peak, *probes)
-    command = (f".venv/bin/python benchmarks/train_throughput.py --steps {args.steps} --warmup {args.warmup}"
-               + (f" --write {args.write}" if args.write else ""))
-    section = report(times, peak=peak, optimizer=optimizer, command=command)
+    results, optimizer = {}, {}
+    for shape in args.shapes:
+        results[shape], probes = measure(shape, steps=args.steps, warmup=args.warmup)
+        optimizer[shape] = optimizer_step_seconds(shape)
+        peak = max(peak, *probes)
+    command = (f".venv/bin/python -m benchmarks.train_throughput --shapes {' '.join(map(str, args.shapes))} "
+               f"--steps {args.steps} --warmup {args.warmup}" + (f" --write {args.write}" if args.write else ""))
+    section = report(results, peak=peak, optimizer=optimizer, steps=args.steps, command=command)
     print(section)
     if args.write:
         write_section(args.write, section)
