@@ -19,6 +19,11 @@ GeLU activations grow with the tokens each expert processes, top_k × capacity_f
 
 The cross-entropy's logits are fp32 (4 bytes each) whatever the activation precision, so they are
 not scaled with ``activation_bytes`` (measured with saved-tensors hooks: ``benchmarks/memory_accuracy.py``).
+
+Dropout masks (2·s·b·h per layer, a·s²·b more unless the attention core is recomputed, s·b·h for
+the embedding) are 1 byte each in the paper: CUDA's fused dropout keeps a bool mask. On a CPU,
+``F.dropout`` multiplies by a mask of the activations' own dtype and keeps that (4 bytes in fp32):
+``dropout_mask_bytes`` says which, from the device kind, and only the masks change with it.
 """
 from __future__ import annotations
 
@@ -45,6 +50,25 @@ def layer_bytes(model: GPTConfig, *, seq: int, micro_batch: int, tp: int, sequen
     return per_layer
 
 
+def layer_mask_elements(model: GPTConfig, *, seq: int, micro_batch: int, tp: int, sequence_parallel: bool,
+                        recompute: str) -> float:
+    """Dropout-mask elements among ``layer_bytes`` (each counted there as 1 byte): the attention-out
+    and MLP dropouts' 2·s·b·h (replicated over tp without sequence parallel) and the attention
+    probabilities' a·s²·b / t, which selective recompute drops; none under full recompute."""
+    if recompute == "full":
+        return 0.0
+    sbh = seq * micro_batch * model.d_model
+    replicated = 2 * sbh / (tp if sequence_parallel else 1)
+    core = 0.0 if recompute == "selective" else model.n_heads * seq * seq * micro_batch / tp
+    return replicated + core
+
+
+def dropout_mask_bytes(device_kind: str, activation_bytes: int) -> int:
+    """Bytes of one dropout-mask element: CUDA's fused dropout keeps bool masks (Korthikanti's 1
+    byte); on a CPU ``F.dropout`` keeps a mask of the activations' dtype."""
+    return activation_bytes if device_kind == "cpu" else 1
+
+
 def micro_batches_in_flight(layout: Layout, *, stage: Stage) -> float:
     """Micro-batches whose activations a stage holds at its peak under 1F1B.
 
@@ -61,12 +85,13 @@ def micro_batches_in_flight(layout: Layout, *, stage: Stage) -> float:
 
 
 def stage_activation_bytes(model: GPTConfig, layout: Layout, *, seq: int, stage: Stage, layers: range,
-                           activation_bytes: int = 2) -> float:
+                           activation_bytes: int = 2, mask_bytes: int = 1) -> float:
     """All activations a rank of ``stage`` (holding ``layers``) keeps at its peak.
 
     Layers × in-flight micro-batches, plus the embedding's dropout mask (first stage), the final
     LayerNorm, LM-head input and fp32 logits of the cross-entropy, 4·s·b·V/t (last stage,
-    Korthikanti §4.3), and under full recompute the one layer being recomputed.
+    Korthikanti §4.3), and under full recompute the one layer being recomputed. Activations take
+    ``activation_bytes`` per element, dropout masks ``mask_bytes`` (``dropout_mask_bytes``).
     """
     kwargs = dict(seq=seq, micro_batch=layout.micro_batch, tp=layout.tp,
                   sequence_parallel=layout.sequence_parallel)
@@ -76,12 +101,16 @@ def stage_activation_bytes(model: GPTConfig, layout: Layout, *, seq: int, stage:
     in_flight = micro_batches_in_flight(layout, stage=stage)
     sbh_rank = seq * layout.micro_batch * model.d_model / (layout.tp if layout.sequence_parallel else 1)
     total = per_micro_batch * in_flight
+    masks = len(layers) * layer_mask_elements(model, recompute=layout.recompute, **kwargs) * in_flight
     if stage in ("only", "first"):
         total += sbh_rank * in_flight  # embedding dropout mask, 1 byte per element
+        masks += sbh_rank * in_flight
     logits = 0.0
     if stage in ("only", "last"):
         total += 4 * sbh_rank  # final LayerNorm input and LM-head input, 2 16-bit tensors
         logits = 4 * seq * layout.micro_batch * padded_vocab(model.vocab, layout.tp) / layout.tp  # fp32 in any precision
     if layout.recompute == "full" and layers:
         total += layer_bytes(model, recompute="none", moe=model.is_moe, **kwargs)
-    return total * activation_bytes / 2 + logits
+        masks += layer_mask_elements(model, recompute="none", **kwargs)
+    # the formula's bytes scale with the activations' width; the masks then take their own
+    return total * activation_bytes / 2 + masks * (mask_bytes - activation_bytes / 2) + logits

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.config.cluster import GiB
-from orchestrator.plan.activations import stage_activation_bytes
+from orchestrator.plan.activations import dropout_mask_bytes, stage_activation_bytes
 from orchestrator.plan.job import Job
 from orchestrator.plan.layout import Layout
 from orchestrator.plan.partition import RankParams, Stage, stage_layer_range, stage_params, stages_to_check
@@ -173,7 +173,8 @@ def stage_memory(layout: Layout, job: Job, *, stage: Stage) -> tuple[MemoryBreak
     states = rank_model_states(rank, layout, job)
     activations = stage_activation_bytes(job.model, layout, seq=job.seq, stage=stage,
                                          layers=stage_layer_range(job.model, pp=layout.pp, stage=stage),
-                                         activation_bytes=job.param_bytes)
+                                         activation_bytes=job.param_bytes,
+                                         mask_bytes=dropout_mask_bytes(job.cluster.device.kind, job.param_bytes))
     breakdown = MemoryBreakdown(params=states.params, grads=states.grads, optimizer=states.optimizer,
                                 activations=activations, buffers=buffer_bytes(rank, layout, job))
     return breakdown, states.cpu

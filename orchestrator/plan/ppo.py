@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from orchestrator.config.cluster import GiB
-from orchestrator.plan.activations import stage_activation_bytes
+from orchestrator.plan.activations import dropout_mask_bytes, stage_activation_bytes
 from orchestrator.plan.job import Job
 from orchestrator.plan.layout import Layout
 from orchestrator.plan.memory import (CPU_BUFFER_FACTOR, USABLE_FRACTION, MemoryBreakdown, MemoryEstimate, ModelStates,
@@ -62,7 +62,8 @@ def ppo_memory(layout: Layout, job: Job) -> tuple[MemoryEstimate, dict[str, floa
     total = states["actor"] + states["critic"] + states["reference"] + states["reward"]
     training = stage_activation_bytes(job.model, layout, seq=job.seq, stage="only",
                                       layers=stage_layer_range(job.model, pp=1, stage="only"),
-                                      activation_bytes=job.param_bytes)
+                                      activation_bytes=job.param_bytes,
+                                      mask_bytes=dropout_mask_bytes(job.cluster.device.kind, job.param_bytes))
     rank = stage_params(job.model, tp=layout.tp, pp=1, ep=layout.ep, stage="only")
     breakdown = MemoryBreakdown(params=total.params, grads=total.grads, optimizer=total.optimizer,
                                 activations=max(training, kv_cache_bytes(layout, job)),
