@@ -17,8 +17,7 @@ from orchestrator.commands.plan import add_job_arguments, describe_plan, plan_se
 from orchestrator.engine.ds_config import build_ds_config
 from orchestrator.engine.launch import LaunchPlan, Target, build_launch_plan, launch_env, phase_entry
 from orchestrator.plan.artifact import Plan, make_plan
-from orchestrator.plan.memory import bucket_elements
-from orchestrator.plan.partition import stage_params, stages_to_check
+from orchestrator.plan.memory import planned_bucket_elements
 
 PHASES = ("pretrain", "sft", "reward", "ppo")
 
@@ -47,10 +46,8 @@ def companion_paths(output: str | Path) -> tuple[Path, Path, Path]:
 def ds_config_for(plan: Plan, *, tensorboard_dir: str | None = None, wandb_project: str | None = None) -> dict:
     """The DeepSpeed JSON for a plan: its batch triple, ZeRO stage with the buckets the memory plan
     counted, precision, pipeline and activation checkpointing; comm overlap on GPUs."""
-    largest = max((stage_params(plan.model, tp=plan.layout.tp, pp=plan.layout.pp, ep=plan.layout.ep, stage=stage)
-                   for stage in stages_to_check(plan.layout.pp)), key=lambda rank: rank.total)
     return build_ds_config(plan.layout, precision=plan.precision, grad_clip=1.0, job_name=plan.model.name,
-                           steps_per_print=10, bucket_elements=bucket_elements(largest.total),
+                           steps_per_print=10, bucket_elements=planned_bucket_elements(plan.model, plan.layout),
                            overlap_comm=plan.gpu != "cpu", tensorboard_dir=tensorboard_dir,
                            wandb_project=wandb_project)
 

@@ -11,8 +11,9 @@
   4. the weights: drawn per plain tensor name (identical under every layout), or cut from a
      plain state dict handed over by the previous phase;
   5. AdamW over decay / no-decay / expert groups, guarded against non-finite losses;
-  6. ``deepspeed.initialize`` with the planner's DeepSpeed config (ZeRO stage, offload,
-     precision, batch triple), which adds ZeRO partitioning and the data-parallel reduction.
+  6. ``deepspeed.initialize`` with the planner's DeepSpeed config (ZeRO stage and the buckets its
+     memory plan counted, offload, precision, batch triple), which adds ZeRO partitioning and the
+     data-parallel reduction.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from orchestrator.engine.runtime import Runtime, StepResult
 from orchestrator.model.gpt import GPT, HEADS
 from orchestrator.model.params import init_parameters, load_plain_state, materialize
 from orchestrator.plan.layout import Layout, LayoutError
+from orchestrator.plan.memory import planned_bucket_elements
 
 __all__ = ["build_runtime", "init_distributed", "Runtime", "StepResult", "check_layout_for_model"]
 
@@ -104,7 +106,9 @@ def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *
     optimizer = GuardedAdamW(parameter_groups(module, weight_decay=optim.weight_decay), optim=optim, guard=guard,
                              clip_norm=global_norm_clipper(state) if own_clipping else None)
     # 6. DeepSpeed
-    ds_config = build_ds_config(layout, precision=precision, grad_clip=0.0 if own_clipping else optim.grad_clip)
+    # the buckets, prefetch and live-parameter window the memory plan counted, not DeepSpeed's 5e8 defaults
+    ds_config = build_ds_config(layout, precision=precision, grad_clip=0.0 if own_clipping else optim.grad_clip,
+                                bucket_elements=planned_bucket_elements(model_config, layout))
     # GuardedAdamW is torch's AdamW plus the skip guard; DeepSpeed vets ZeRO optimizers by exact type.
     ds_config["zero_allow_untested_optimizer"] = True
     ds_config = _merge(ds_config, ds_overrides or {})

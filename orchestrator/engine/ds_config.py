@@ -17,9 +17,10 @@ Precision = Literal["fp32", "bf16", "fp16"]
 def zero_section(layout: Layout, *, bucket_elements: Optional[int] = None, overlap_comm: bool = False) -> dict:
     """``zero_optimization``: the stage, overlap and bucket sizes, and CPU offload of optimizer state.
 
-    ``bucket_elements`` (the planner's ``memory.bucket_elements``) sets the reduce / all-gather
-    buckets, and under ZeRO-3 the prefetch bucket and the live-parameter cap, to what the memory
-    plan counted; None keeps DeepSpeed's defaults. ``overlap_comm`` overlaps gradient reduction with
+    ``bucket_elements`` (the planner's ``memory.planned_bucket_elements``) sets the reduce /
+    all-gather buckets, and under ZeRO-3 the prefetch bucket, the live-parameter cap and the reuse
+    distance (a parameter reused within that many elements is not released), to what the memory
+    plan counted; None keeps DeepSpeed's defaults (5e8-element buckets, 1e9 live and reuse). ``overlap_comm`` overlaps gradient reduction with
     the backward pass on GPUs (the time model assumes it when pp = 1).
     """
     section: dict = {"stage": layout.zero_stage}
@@ -30,7 +31,8 @@ def zero_section(layout: Layout, *, bucket_elements: Optional[int] = None, overl
     if layout.zero_stage == 3:
         section.update(stage3_gather_16bit_weights_on_model_save=True)
         if bucket_elements:
-            section.update(stage3_prefetch_bucket_size=bucket_elements, stage3_max_live_parameters=bucket_elements)
+            section.update(stage3_prefetch_bucket_size=bucket_elements, stage3_max_live_parameters=bucket_elements,
+                           stage3_max_reuse_distance=bucket_elements)
     if layout.offload_optimizer:
         section["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     return section

@@ -12,6 +12,8 @@ from orchestrator.config.run import OptimConfig
 from orchestrator.engine.build import build_runtime, check_layout_for_model, init_distributed
 from orchestrator.model.attention import KVCache
 from orchestrator.plan.layout import Layout, LayoutError
+from orchestrator.plan.memory import planned_bucket_elements
+from orchestrator.plan.partition import stage_params
 
 OPTIM = OptimConfig(lr=3e-3, warmup_steps=2, grad_clip=1.0)
 
@@ -127,6 +129,21 @@ def test_a_custom_loss_trains_a_scalar_head_and_inference_uses_the_kv_cache():
     model = rt.module_for_inference()
     out = model(torch.randint(0, 64, (1, 5)), kv_cache=KVCache.empty())
     assert out.logits.shape == (1, 5) and out.kv_cache.length == 5
+
+
+def test_the_deepspeed_config_carries_the_planners_bucket_and_a_user_override_still_wins():
+    """ZeRO allocates what the memory plan counted (``planned_bucket_elements``: the tiny model's
+    whole parameter count), not DeepSpeed's 5e8-element default buckets."""
+    layout = Layout(zero_stage=3, grad_accum=1)
+    bucket = planned_bucket_elements(get_model("tiny"), layout.resolve(1))
+    assert bucket == stage_params(get_model("tiny"), tp=1, pp=1, ep=1, stage="only").total
+    engine = runtime(layout=layout).engine
+    assert engine.zero_reduce_bucket_size() == engine.zero_allgather_bucket_size() == bucket
+    assert engine.zero_prefetch_bucket_size() == engine.zero_max_live_parameters() == bucket
+    assert engine.zero_max_reuse_distance() == bucket
+    overridden = runtime(layout=Layout(zero_stage=2, grad_accum=1),
+                         ds_overrides={"zero_optimization": {"reduce_bucket_size": 1000}}).engine
+    assert overridden.zero_reduce_bucket_size() == 1000 and overridden.zero_allgather_bucket_size() == bucket
 
 
 def test_wrong_number_of_micro_batches_is_refused():
