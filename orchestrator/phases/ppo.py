@@ -145,8 +145,9 @@ class PPO(SupervisedPhase):
             model.train()
 
     @torch.no_grad()
-    def score(self, rollout: Rollout) -> dict:
-        """Old log-probs, reference log-probs, old values and the RM score of one rollout micro-batch."""
+    def score(self, rollout: Rollout, *, values: bool = True) -> dict:
+        """Old log-probs, reference log-probs, old values and the RM score of one rollout micro-batch
+        (without the critic's values when ``values`` is False: evaluation needs only KL and reward)."""
         actor, critic = self.trained["actor"], self.trained["critic"]
         batch = {"sequences": rollout.sequences, "attention_mask": rollout.attention_mask,
                  "position_ids": rollout.position_ids, "response_mask": rollout.response_mask.float()}
@@ -157,7 +158,8 @@ class PPO(SupervisedPhase):
         batch["score"] = rm_values.gather(1, last.to(rm_values.device)[:, None]).squeeze(1).to(actor.device)
         batch["ref_logprobs"] = response_logprobs(forward_rollout(self.reference, frozen).logits,
                                                   frozen["sequences"], p).to(actor.device)
-        for runtime, key in ((actor, "old_logprobs"), (critic, "old_values")):
+        forwards = [(actor, "old_logprobs")] + ([(critic, "old_values")] if values else [])
+        for runtime, key in forwards:
             model = runtime.module_for_inference()
             model.eval()
             out = forward_rollout(model, batch).logits
@@ -225,7 +227,7 @@ class PPO(SupervisedPhase):
         evaluation = self.ctx.config.oracle_eval
 
         def kl_and_reward(rollout: Rollout) -> dict[str, float]:
-            scored = self.score(rollout)
+            scored = self.score(rollout, values=False)
             _, kl = rl_math.token_rewards(scored["score"], scored["old_logprobs"], scored["ref_logprobs"],
                                           scored["response_mask"], kl_coef=0.0)
             return {"kl": float(kl.sum()), "reward": float(scored["score"].sum())}
