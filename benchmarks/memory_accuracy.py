@@ -12,7 +12,8 @@ DeepSpeed's flat buffers and buckets; each storage counted once) and classed:
 - params: storages of the module's parameters (ZeRO-3: their partitions ``ds_tensor``);
 - grads: storages of any ``.grad`` the model or the optimizer holds (16-bit and fp32 partitions);
 - optimizer: Adam's state and the optimizer's own parameters (DeepSpeed's fp32 master partitions);
-- buffers: everything else the engine holds (reduce / all-gather buckets);
+- buffers: ZeRO's reduce buckets (even while gradients are views into them), the flattened copy a
+  reduction is holding when it returns, and everything else the engine holds;
 - activations: the saved-for-backward tensors of a micro-batch at their peak (``SavedTensorMeter``).
 
 The planner's figure is ``estimate_memory`` for the same layout (fp32, DeepSpeed accounting, a
@@ -86,8 +87,18 @@ def gradient_storages(engine, optimizer) -> set[int]:
     return keys
 
 
-def classify(engine, optimizer) -> tuple[dict[str, int], dict[str, int]]:
-    """Bytes per part of everything ``engine`` holds, and the buffers by path."""
+def reduce_bucket_storages(zero_optimizer) -> dict[int, int]:
+    """Storage -> bytes of a ZeRO optimizer's contiguous reduce buckets (a list of buffers under
+    ZeRO-1/2, one tensor under ZeRO-3); none for anything else."""
+    buckets = getattr(zero_optimizer, "ipg_buckets", None) or {}
+    buffers = [bucket.buffer for bucket in buckets.values()]
+    tensors = [t for b in buffers for t in (b if isinstance(b, list) else [b]) if hasattr(t, "untyped_storage")]
+    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+
+def classify(engine, optimizer, *, transient: Any = ()) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes per part of everything ``engine`` holds, and the buffers by path. ``transient``: tensors
+    a reduction is holding right now (its flattened copy) that nothing in the engine refers to."""
     params = list(engine.module.parameters())
     param_keys = _storages([p.data for p in params] + [getattr(p, "ds_tensor", None) for p in params])
     grad_keys = gradient_storages(engine, optimizer)
@@ -96,13 +107,18 @@ def classify(engine, optimizer) -> tuple[dict[str, int], dict[str, int]]:
     master = [p for group in optimizer.param_groups for p in group["params"]] + list(optimizer.state)
     state = [v for per_param in optimizer.state.values() for v in per_param.values() if hasattr(v, "untyped_storage")]
     optimizer_keys = _storages(state + master)
+    bucket_keys = set(reduce_bucket_storages(engine.optimizer))   # buffers even while gradients view them
     totals, buffers = dict.fromkeys(PARTS[:4], 0), {}
-    for key, (nbytes, path) in reachable_tensors(engine).items():
-        part = ("params" if key in param_keys else "grads" if key in grad_keys else
+    found = reachable_tensors(engine)
+    for key, (nbytes, path) in reachable_tensors(transient).items():
+        found.setdefault(key, (nbytes, "flattened copy of the bucket being reduced (transient)"))
+    for key, (nbytes, path) in found.items():
+        part = ("buffers" if key in bucket_keys else "params" if key in param_keys else "grads" if key in grad_keys else
                 "optimizer" if key in optimizer_keys else "buffers")
         totals[part] += nbytes
         if part == "buffers":
-            name = re.sub(r"\[\d+\]", "[i]", path)
+            name = "reduce bucket (optimizer.ipg_buckets[dtype].buffer)" if key in bucket_keys else \
+                re.sub(r"\[\d+\]", "[i]", path)
             buffers[name] = buffers.get(name, 0) + nbytes
     return totals, buffers
 
@@ -119,11 +135,16 @@ class PeakTracker:
     - params at every module boundary of the forward (ZeRO-3 gathers and prefetches there);
     - grads after each parameter's gradient is accumulated (ZeRO-1 keeps them all until the end of
       backward), and everything again when ``engine.backward`` returns (after ZeRO's reduction);
-    - everything each time the optimizer steps (ZeRO steps one parameter group / sub-group at a time).
+    - everything each time the optimizer steps (ZeRO steps one parameter group / sub-group at a time);
+    - everything, plus the flattened copy being reduced, when a gradient reduction returns (the
+      engine's and ZeRO-1/2's ``allreduce_bucket``, ZeRO-3's ``reduce_scatter_coalesced``).
     """
 
     def __init__(self, engine, optimizer):
+        import deepspeed.runtime.zero.stage3 as stage3
+
         self.engine, self.optimizer = engine, optimizer
+        self.zero_optimizer = engine.optimizer if engine.optimizer is not optimizer else None
         self.params = list(engine.module.parameters())
         self.peak = dict.fromkeys(PARTS[:4], 0)
         self.buffer_paths: dict[str, int] = {}
@@ -133,8 +154,12 @@ class PeakTracker:
                          if p.requires_grad]
         self._wrap("backward", engine)
         self._wrap("step", optimizer, before=True)
+        self._wrap("allreduce_bucket", engine, transient=True)
+        if self.zero_optimizer is not None and hasattr(self.zero_optimizer, "allreduce_bucket"):
+            self._wrap("allreduce_bucket", self.zero_optimizer, transient=True)
+        self._wrap("reduce_scatter_coalesced", stage3, transient=True)
 
-    def _wrap(self, name: str, owner, *, before: bool = False) -> None:
+    def _wrap(self, name: str, owner, *, before: bool = False, transient: bool = False) -> None:
         original = getattr(owner, name)
 
         def wrapped(*args, **kwargs):
@@ -142,33 +167,40 @@ class PeakTracker:
                 self._look_at_everything()
             result = original(*args, **kwargs)
             if not before:
-                self._look_at_everything()
+                self._look_at_everything(transient=result if transient else ())
             return result
 
+        restore = _Restore(owner, name, original) if name in vars(owner) else _Unwrap(owner, name)
         setattr(owner, name, wrapped)
-        self.handles.append(_Unwrap(owner, name))
+        self.handles.append(restore)
 
     def _look_at_params(self, *_) -> None:
         tensors = [p.data for p in self.params] + [getattr(p, "ds_tensor", None) for p in self.params]
         self.peak["params"] = max(self.peak["params"], _bytes(tensors))
 
     def _look_at_grads(self, _param) -> None:
-        """Gradients by their own bytes; when they are views into a larger flat bucket (ZeRO-2's
-        contiguous gradients) the rest of the bucket counts as buffers."""
+        """Gradients by their own bytes. ZeRO's reduce buckets are buffers, whole, even while
+        gradients are views into them (ZeRO-1 allocates its bucket at the first gradient and fills
+        it after the backward, ZeRO-2/3 copy each gradient in as it arrives); of any other flat
+        storage behind the gradients, the bytes no gradient views count as buffers too."""
+        buckets = reduce_bucket_storages(self.zero_optimizer)
         storages: dict[int, tuple[int, dict]] = {}
         for grad in (p.grad for p in self.params if p.grad is not None):
             storage = grad.untyped_storage()
+            if storage.data_ptr() in buckets:
+                continue
             views = storages.setdefault(storage.data_ptr(), (storage.nbytes(), {}))[1]
             views[(grad.storage_offset(), grad.numel())] = grad.numel() * grad.element_size()
         used = sum(sum(views.values()) for _, views in storages.values())
         self.peak["grads"] = max(self.peak["grads"], used)
         reserve = sum(n for n, _ in storages.values()) - used
-        if reserve > self.peak["buffers"]:
-            self.peak["buffers"] = reserve
-            self.buffer_paths = {"reduce bucket behind the gradients (contiguous_gradients)": reserve}
+        if reserve + sum(buckets.values()) > self.peak["buffers"]:
+            self.peak["buffers"] = reserve + sum(buckets.values())
+            self.buffer_paths = {"reduce bucket (ipg_buckets[dtype].buffer), during the backward": sum(buckets.values()),
+                                 "flat storage behind the gradients not viewed by any": reserve}
 
-    def _look_at_everything(self) -> None:
-        totals, buffers = classify(self.engine, self.optimizer)
+    def _look_at_everything(self, transient: Any = ()) -> None:
+        totals, buffers = classify(self.engine, self.optimizer, transient=transient)
         if totals["buffers"] > self.peak["buffers"]:
             self.buffer_paths = buffers
         for part, value in totals.items():
@@ -187,6 +219,16 @@ class _Unwrap:
 
     def remove(self) -> None:
         delattr(self.owner, self.name)
+
+
+class _Restore:
+    """Undo a wrapper of an attribute the owner itself held (a module's function)."""
+
+    def __init__(self, owner, name: str, original):
+        self.owner, self.name, self.original = owner, name, original
+
+    def remove(self) -> None:
+        setattr(self.owner, self.name, self.original)
 
 
 def attention_is_fused(preset: str) -> bool:
@@ -284,8 +326,9 @@ def planned(preset: str, zero: int, world: int, *, fused_attention: bool) -> dic
 
 
 def ratio(measured: float, predicted: float) -> str:
+    """measured / predicted; "—" when both are nothing (under 0.01 MiB: flags and counters)."""
     if predicted == 0:
-        return "—" if measured == 0 else "∞"
+        return "—" if measured < MiB / 100 else "∞"
     return f"{measured / predicted:.3f}"
 
 
@@ -293,23 +336,30 @@ FINDINGS = """Where the two disagree, and why (read off the engine's tensors, no
 
 - **Activations** follow Korthikanti et al. once the kernel is known. `{fused}` has no dropout, so PyTorch's
   fused SDPA kernel keeps no s × s scores: the applicable figure is the planner's selective-recompute one (it
-  drops exactly the 5·a·s²·b core). `{unfused}` has dropout, which sends CPU attention down the unfused path
-  (the s × s scores are kept, as the formula assumes), and CPU dropout keeps float masks (4 bytes, not 1) and the
-  value view keeps the fused QKV buffer alive: a little more than the formula.
-- **ZeRO-1**: the planner holds the full gradients and the fp32 gradient partition at once; DeepSpeed frees the
-  former after the reduce-scatter, before the optimizer allocates the latter, so the measured peak can be lower.
-- **ZeRO-2, `tiny` on 2 ranks**: rank 1's averaged gradient partition is a view into a Ψ-sized flat gradient
-  buffer that stays alive until the step (gpt-25m's is not), so that rank holds 4Ψ·(1 − 1/N) more than planned.
-- **ZeRO-3 parameters**: the planner adds one gathered largest layer to the partition (as DeepSpeed's own
-  `estimate_zero3_model_states_mem_needs` does); with DeepSpeed's default prefetch bucket (5e7), live-parameter
-  cap (1e9) and persistence threshold (1e5) a model this small is gathered whole during the forward. On one
-  rank the gathered weights alias the partition, so nothing is added.
-- **ZeRO-3 gradients**: beside the flat gradient partition DeepSpeed builds the fp32 gradient of the sub-group
-  it is stepping (here one sub-group holds nearly everything), which the planner does not count.
-- **Buffers**: `build_runtime` leaves DeepSpeed's default `reduce_bucket_size` (5e8 elements), so ZeRO-2's
-  contiguous-gradient bucket and ZeRO-3's reduce bucket are 1.9 GiB in fp32 whatever the model — allocated
-  (untouched pages on CPU, real memory on a GPU); the planner counts two buckets of min(2e8, Ψ) elements, the
-  values its `orchestrate config` writes. ZeRO-0/1 keep no bucket between steps here.
+  drops exactly the 5·a·s²·b core); the planner still counts the formula's dropout masks, which a model without
+  dropout does not keep (6% under). `{unfused}` has dropout, which sends CPU attention down the
+  unfused path (the s × s scores are kept, as the formula assumes), and CPU dropout keeps float32 masks (4 bytes
+  where CUDA's bool masks are 1), which the planner counts on a `cpu` device (`dropout_mask_bytes`).
+- **Buffers** are the ZeRO buckets `build_runtime` now writes from the plan (`planned_bucket_elements`: the
+  rank's parameter count here, at most 2e8): ZeRO-1/2's contiguous reduce bucket, allocated at the first
+  gradient of the backward, plus on 2 ranks the flattened copy `average_tensor` reduces; ZeRO-3's reduce bucket
+  plus the interleaved copy its `reduce_scatter_coalesced` makes (transient, caught when it returns).
+  ZeRO-0 on one rank has none: `build_runtime` turns the all-reduce off.
+- **ZeRO-1 gradients** are the larger of the backward's full gradients and the step's partition plus its fp32
+  copy: DeepSpeed moves the full gradients into the bucket and drops them before the step.
+- **ZeRO-1/2 on 2 ranks, `tiny`**: DeepSpeed's gradient partition (`grads_in_partition`) holds the whole
+  gradient of every parameter the partition's edges cut (`params_in_partition` counts full tensors). tiny's word
+  embedding is 55% of the model, so rank 1's partition holds all of it: 4Ψ bytes instead of 4Ψ/2 (gpt-25m's
+  cut adds 0.7 MiB). The planner does not count it: it depends on the flat parameter order, and it is at
+  most the two tensors cut by the partition's edges.
+- **ZeRO-3 parameters**: the partition plus what is gathered, min(Ψ, stage3_max_live_parameters + the largest
+  layer) (the live cap, prefetch bucket and reuse distance are the bucket, here the whole model, so it is all
+  gathered). On one rank the gathered weights alias the partition, so nothing is added.
+- **ZeRO-3 gradients**: the fp32 partition plus the larger of a gathered layer's gradient (before it is copied
+  into the bucket) and the fp32 gradient of the sub-group being stepped, which the step flattens beside the
+  partition (`sub_group_size` 1e9: one sub-group here). DeepSpeed's hook moves each gradient into the bucket
+  before the benchmark's hook runs, so the measured figure is the step's: `tiny`, whose embedding gradient
+  is larger than half the model, measures a few per cent under on 2 ranks.
 """
 
 
@@ -331,7 +381,7 @@ def report(rows: list[dict], *, command: str) -> str:
     return "\n".join([
         HEADING, "",
         "Per rank (the largest over ranks), MiB measured / planned (ratio). `build_runtime` as the phases use it "
-        "(fp32, DeepSpeed's default buckets); the planner's `estimate_memory` with `precision=\"fp32\"` and the "
+        "(fp32, the planner's buckets); the planner's `estimate_memory` with `precision=\"fp32\"` and the "
         "DeepSpeed accounting, without the `cpu` preset's 0.5 GiB framework reserve. "
         + ", ".join(f"`{name}`: sequence {seq}, micro-batch {mb}" for name, (seq, mb) in SHAPES.items())
         + f". Attention kernel: fused for {', '.join(kinds[True]) or 'none'}, unfused for "

@@ -176,19 +176,24 @@ def stage_worker(pp: int, counts: list[int], steps: int, warmup: int) -> list[di
 # --- planner and report ------------------------------------------------------------------------
 def planned_activation_bytes(pp: int, m: int, stage: int) -> float:
     """The planner's activations for the first and last stage; a middle stage s holds p − s
-    micro-batches (Narayanan et al. 2021, §2.2.1) of Korthikanti's per-layer bytes (fp32 here)."""
-    from orchestrator.plan.activations import layer_bytes, stage_activation_bytes
+    micro-batches (Narayanan et al. 2021, §2.2.1) of Korthikanti's per-layer bytes (fp32 here, with
+    the CPU's 4-byte dropout masks)."""
+    from orchestrator.plan.activations import (dropout_mask_bytes, layer_bytes, layer_mask_elements,
+                                               stage_activation_bytes)
     from orchestrator.plan.partition import layers_per_stage
 
     layout = Layout(pp=pp, dp=1, micro_batch=1, grad_accum=m)
     counts = layers_per_stage(PIPE_MODEL.n_layers, pp)
     first = sum(counts[:stage])
     layers = range(first, first + counts[stage])
+    mask_bytes = dropout_mask_bytes("cpu", 4)
     if stage in (0, pp - 1):
         name = "first" if stage == 0 else "last"
-        return stage_activation_bytes(PIPE_MODEL, layout, seq=SEQ, stage=name, layers=layers, activation_bytes=4)
-    per_layer = layer_bytes(PIPE_MODEL, seq=SEQ, micro_batch=1, tp=1, sequence_parallel=False, recompute="none")
-    return per_layer * len(layers) * min(pp - stage, m) * 4 / 2
+        return stage_activation_bytes(PIPE_MODEL, layout, seq=SEQ, stage=name, layers=layers, activation_bytes=4,
+                                      mask_bytes=mask_bytes)
+    shape = dict(seq=SEQ, micro_batch=1, tp=1, sequence_parallel=False, recompute="none")
+    per_layer = layer_bytes(PIPE_MODEL, **shape) * 4 / 2 + layer_mask_elements(PIPE_MODEL, **shape) * (mask_bytes - 2)
+    return per_layer * len(layers) * min(pp - stage, m)
 
 
 def summarise(run: dict) -> dict:
@@ -251,12 +256,13 @@ READING = """How to read it:
   DeepSpeed's `TrainSchedule` holds p − s micro-batches on stage s (p on the first), as the planner assumes;
   GPipe's all-forward-then-all-backward schedule would hold all m on every stage.
 - *Planned MiB* is the planner's `stage_activation_bytes` for the first and the last stage (the two it
-  checks); for a middle stage s, Korthikanti's bytes per layer × its layers × (p − s).
-- Activation bytes are in-flight × one micro-batch's, and one micro-batch's are about 18% above
-  Korthikanti et al.'s fp32 figure for this shape, for two CPU-specific reasons measured tensor by tensor
-  (per layer 104·s·b·h bytes against the formula's 88 at a·s/h = 2): CPU dropout keeps float32 masks (4 bytes
-  per element, the formula's are 1) for the attention probabilities and both residual branches, and the
-  value tensor is a view into the fused QKV output, so the whole QKV buffer stays alive, not V alone.
+  checks); for a middle stage s, Korthikanti's bytes per layer × its layers × (p − s). The planner counts
+  dropout masks at the device's width (`dropout_mask_bytes`): CPU dropout keeps float32 masks, 4 bytes per
+  element where the formula's CUDA bool masks are 1, for the attention probabilities, both residual branches
+  and the embedding (per layer 96·s·b·h bytes in fp32 at a·s/h = 2, against the formula's 88).
+- What remains, about 8%, is measured tensor by tensor: the value tensor is a view into the fused QKV
+  output, so the whole QKV buffer stays alive, not V alone (per layer 104·s·b·h bytes measured). That is
+  this model's attention code, not the device, and the planner does not count it.
 """
 
 

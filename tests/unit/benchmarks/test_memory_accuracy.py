@@ -4,7 +4,7 @@ import dataclasses
 
 import torch
 
-from benchmarks.memory_accuracy import attention_is_fused, reachable_tensors
+from benchmarks.memory_accuracy import attention_is_fused, ratio, reachable_tensors
 
 
 class Holder:  # a plain object: only torch / deepspeed / orchestrator objects are walked into
@@ -30,3 +30,7 @@ def test_the_attention_kernel_is_fused_without_dropout_and_unfused_with_it_on_cp
     monkeypatch.setitem(catalog.PRESETS, "probe-dropout", lambda: dataclasses.replace(without, dropout=0.1))
     assert attention_is_fused("probe")
     assert not attention_is_fused("probe-dropout")
+
+
+def test_a_ratio_of_nothing_to_nothing_is_a_dash_even_with_a_few_bytes_of_flags():
+    assert ratio(8, 0) == "—" and ratio(2**20, 0) == "∞" and ratio(3, 2) == "1.500"
