@@ -20,8 +20,9 @@ def zero_section(layout: Layout, *, bucket_elements: Optional[int] = None, overl
     ``bucket_elements`` (the planner's ``memory.planned_bucket_elements``) sets the reduce /
     all-gather buckets, and under ZeRO-3 the prefetch bucket, the live-parameter cap and the reuse
     distance (a parameter reused within that many elements is not released), to what the memory
-    plan counted; None keeps DeepSpeed's defaults (5e8-element buckets, 1e9 live and reuse). ``overlap_comm`` overlaps gradient reduction with
-    the backward pass on GPUs (the time model assumes it when pp = 1).
+    plan counted; None keeps DeepSpeed's defaults (5e8-element buckets, 1e9 live and reuse).
+    ``overlap_comm`` overlaps gradient reduction with the backward pass on GPUs (the time model
+    assumes it when pp = 1).
     """
     section: dict = {"stage": layout.zero_stage}
     if layout.zero_stage >= 1:
