@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python -m benchmarks.pipeline_bubble --pp 2 4 --micro-batches 4 8 16 --steps 3 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.memory_accuracy --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.dp_scaling --ranks 1 2 4 --steps 4 --write BENCHMARKS.md
 
 # The tiny pipeline over three seeds (about 10 minutes a seed on idle cores): the RLHF phases section.
 bench-rlhf: install
