@@ -138,7 +138,7 @@ def measure(case: Case, *, rounds: int, temperature: float, top_ps: list[float])
 
 
 NOTES = """Both run the same model matmuls; what differs is everything around them, which ours makes
-cheaper in four ways (each measured with the torch profiler on `gpt-25m`, where a step was about 35 ms):
+cheaper in five ways (each measured with the torch profiler on `gpt-25m`, where a step was about 35 ms):
 the KV cache is preallocated and written in place, where `DynamicCache` concatenates every layer's keys and
 values each step (a quarter of our CPU time before); the prompt's forward applies the head to the last
 position only; the nucleus comes from the 256 most probable tokens (`topk`) and the vocabulary is sorted,
@@ -148,9 +148,9 @@ draws one exponential per vocabulary entry (1.6 ms against 0.2 ms at V = 8192, b
 under `torch.inference_mode`. These models are untrained, so their distributions are near-uniform, the
 nucleus holds most of the vocabulary and the sort path is the one timed: a trained model's nucleus fits the
 256 candidates (sort and multinomial 6.8 ms, ours 0.8 ms per step at V = 8192, batch 8). What remains on
-`gpt-25m` and `gpt2-small` is the
-model itself: the matmuls (three quarters of our CPU time) and attention, the same work for both, which is
-why the ratio falls as the model grows and the sampling overhead becomes a smaller share of a step.
+`gpt-25m` and `gpt2-small` is the model itself: the matmuls (three quarters of our CPU time) and attention,
+the same work for both, so the ratio falls from `tiny` to the larger models as the sampling overhead becomes
+a smaller share of a step.
 """
 
 
