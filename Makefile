@@ -44,7 +44,7 @@ plan-gpt3: install
 	$(BIN)/orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5
 	$(BIN)/orchestrate config --model gpt3-175b --gpus 1024 --gpu a100-80g -o ds_configs/gpt3-175b-1024xa100-80g.json
 
-# Every benchmark, each rewriting its own section of BENCHMARKS.md (18 min measured on 2 cores at load average 10-13).
+# Every benchmark, each rewriting its own section of BENCHMARKS.md (14 min measured on 2 idle cores).
 bench: install
 	$(BIN)/python benchmarks/planner_search.py --repeats 30 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.train_throughput --steps 10 --write BENCHMARKS.md
