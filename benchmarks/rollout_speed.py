@@ -138,14 +138,13 @@ def measure(case: Case, *, rounds: int, temperature: float, top_ps: list[float])
 
 
 NOTES = """Both run the same model matmuls; what differs is everything around them, which ours makes
-cheaper in five ways (each measured with the torch profiler on `gpt-25m`, where a step was about 35 ms):
+cheaper in four ways (each measured with the torch profiler on `gpt-25m`, where a step was about 35 ms):
 the KV cache is preallocated and written in place, where `DynamicCache` concatenates every layer's keys and
 values each step (a quarter of our CPU time before); the prompt's forward applies the head to the last
 position only; the nucleus comes from the 256 most probable tokens (`topk`) and the vocabulary is sorted,
 on its float bits, only when they do not hold top-p of the mass, where `generate` sorts the whole vocabulary
 as floats every step; the token is drawn by inverse CDF (one uniform per row) where `torch.multinomial`
-draws one exponential per vocabulary entry (1.6 ms against 0.2 ms at V = 8192, batch 8); and the loop runs
-under `torch.inference_mode`. These models are untrained, so their distributions are near-uniform, the
+draws one exponential per vocabulary entry (1.6 ms against 0.2 ms at V = 8192, batch 8). These models are untrained, so their distributions are near-uniform, the
 nucleus holds most of the vocabulary and the sort path is the one timed: a trained model's nucleus fits the
 256 candidates (sort and multinomial 6.8 ms, ours 0.8 ms per step at V = 8192, batch 8). What remains on
 `gpt-25m` and `gpt2-small` is the model itself: the matmuls (three quarters of our CPU time) and attention,

@@ -95,22 +95,14 @@ def draw(probs: Tensor, *, generator: torch.Generator) -> Tensor:
     return torch.minimum(first_above, last_weighted).squeeze(-1)
 
 
+@torch.no_grad()
 def sample(model, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, eos_id: int, pad_id: int,
            temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator) -> Rollout:
     """Sample up to ``max_new_tokens`` per prompt, stopping each row at its EOS. ``model`` must be in eval mode.
 
-    Runs under ``torch.inference_mode`` (no autograd bookkeeping, no version counters) and returns
-    ordinary tensors, cloned out of it, so PPO's training forwards may save them for backward.
+    ``no_grad``, not ``inference_mode``: under ZeRO-3 the forward's hooks gather parameters into
+    ``param.data``, which must stay ordinary tensors for the training step that follows.
     """
-    with torch.inference_mode():
-        rollout = _sample(model, input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                          eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=generator)
-    return Rollout(sequences=rollout.sequences.clone(), attention_mask=rollout.attention_mask.clone(),
-                   response_mask=rollout.response_mask.clone(), prompt_len=rollout.prompt_len)
-
-
-def _sample(model, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, eos_id: int, pad_id: int,
-            temperature: float, top_p: float, generator: torch.Generator) -> Rollout:
     batch, prompt_len = input_ids.shape
     # the prompt's mask, then 1 for every token generated (rows past their EOS included: the
     # model still reads their pad tokens); the step at length L passes the first L columns
