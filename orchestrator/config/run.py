@@ -149,6 +149,11 @@ class LoopConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     """Committed checkpoints kept on disk (older ones are pruned after each save)."""
+    reshardable_checkpoints: bool = True
+    """Also store each trained model's full weights in every checkpoint, so an interrupted phase
+    can resume under another layout. Each save then gathers the whole model on rank 0 (a
+    collective, and host RAM for the whole model): turn it off for large models; a resume must
+    then keep the checkpoint's layout (another one is refused before launch)."""
     max_bad_steps: int = 3
     """NaN/inf losses in a row before the run stops (each one skips its step)."""
 

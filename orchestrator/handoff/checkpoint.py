@@ -25,6 +25,7 @@ Typical use on every rank (``barrier`` is the job's collective barrier)::
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -188,3 +189,34 @@ def prune_checkpoints(root: Path | str, *, keep: int) -> list[Path]:
     for path in removed:
         shutil.rmtree(path)
     return removed
+
+
+# --- resuming under another layout ------------------------------------------------------------
+LOOP_STATE_FILE = "loop_state.json"
+"""The train loop's state in a checkpoint: step, data position, and each trained model's layout."""
+CONSOLIDATED_FILE = "consolidated.pt"
+"""A trained model's full weights in a checkpoint (``MODEL/consolidated.pt``), present unless the
+phase ran with ``loop.reshardable_checkpoints: false``; they let a resume change layout."""
+
+
+def layout_brief(layout: dict) -> str:
+    return " ".join(f"{key}={layout[key]}" for key in ("tp", "pp", "dp", "ep", "zero_stage", "micro_batch", "grad_accum"))
+
+
+def relayout_refusal(checkpoint: Path | str, layout: dict) -> str | None:
+    """Why ``checkpoint`` cannot be resumed under ``layout`` (a ``Layout`` as a dict), or None.
+
+    Under the layout that saved it, DeepSpeed's own files restore everything; under another one
+    the loop reshards the consolidated weights, which a checkpoint saved with
+    ``loop.reshardable_checkpoints: false`` does not hold.
+    """
+    checkpoint = Path(checkpoint)
+    state_file = checkpoint / LOOP_STATE_FILE
+    if not state_file.is_file():
+        return None
+    for name, saved in json.loads(state_file.read_text())["layouts"].items():
+        if saved != layout and not (checkpoint / name / CONSOLIDATED_FILE).is_file():
+            return (f"checkpoint {checkpoint} was saved under layout {layout_brief(saved)} without consolidated "
+                    f"weights (loop.reshardable_checkpoints: false), and this run's layout is {layout_brief(layout)}: "
+                    f"resume with the checkpoint's layout, or delete {checkpoint.parent} to start the phase again")
+    return None

@@ -1,8 +1,9 @@
 """Run a recipe's phases in order, each as its own launcher process.
 
 Before anything starts: every phase's layout is resolved against the cluster, the hostfile is
-checked, completed phases are verified, and each phase about to run has its parents either
-complete or scheduled before it. The data step (``orchestrate data`` into ``RUN_DIR/data``) runs
+checked, completed phases are verified, each phase about to run has its parents either
+complete or scheduled before it, and an interrupted phase's checkpoint can resume under the
+phase's layout. The data step (``orchestrate data`` into ``RUN_DIR/data``) runs
 once per run directory. Then, per phase: skip it if its manifest is complete and still
 verifies; otherwise write its configs, start its launcher, and tee the output to
 ``PHASE/logs/launch.log``. A failure stops the run with the log's tail and the command that
@@ -21,6 +22,7 @@ from typing import IO, Optional
 from orchestrator.config.loader import to_dict
 from orchestrator.config.run import PHASES, RunConfig
 from orchestrator.engine.launch import ENTRY_MODULE, LaunchCommand, deepspeed_env_text
+from orchestrator.handoff.checkpoint import read_latest, relayout_refusal
 from orchestrator.handoff.manifest import PARENTS, Manifest, rerun_hint, verified_complete, verify_parent
 from orchestrator.orchestrate.prepare import (DEEPSPEED_ENV, PhaseJob, missing_backend, prepare_jobs, with_run_dir,
                                               write_job, write_run_files)
@@ -115,6 +117,13 @@ def prepare_data(run_dir: Path, out: IO[str]) -> int:
     return code
 
 
+def resume_refusal(job: PhaseJob) -> Optional[str]:
+    """Why the phase's latest checkpoint cannot resume under the job's layout, or None."""
+    latest = read_latest(job.directory / "checkpoints")
+    refusal = relayout_refusal(latest, dataclasses.asdict(job.layout)) if latest else None
+    return f"{job.phase}: {refusal}" if refusal else None
+
+
 def run_step(step: Step, *, run_dir: Path, node_rank: int, out: IO[str]) -> int:
     """Start the phase's launcher for this node; 0 once the phase is complete."""
     job, started = step.job, time.monotonic()
@@ -160,6 +169,9 @@ def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Opti
         return 0
     if backend and any(s.done is None for s in steps):
         raise ValueError(backend)
+    refusals = [refusal for step in steps if step.done is None and (refusal := resume_refusal(step.job))]
+    if refusals:
+        raise ValueError("; ".join(refusals))
     write_run_files(config, directory, dict(steps[0].job.launch.commands[0].env))
     if needs_data and (code := prepare_data(directory, out)) != 0:
         return code

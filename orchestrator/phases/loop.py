@@ -27,10 +27,6 @@ from orchestrator.phases.context import PhaseContext
 from orchestrator.phases.tracking import MetricsLog
 
 
-CONSOLIDATED = "consolidated.pt"
-"""Each trained runtime's full plain-GPT weights inside a checkpoint (for resuming under another layout)."""
-
-
 @dataclass
 class StepOutcome:
     """What one optimizer step (or one PPO iteration) reports to the loop."""
@@ -204,12 +200,13 @@ def save_checkpoint(phase: Phase, *, step: int, skipped_total: int) -> Path:
               "steps_done": {name: rt.steps_done for name, rt in phase.trained.items()}}
     for name, runtime in phase.trained.items():
         runtime.save(staging / name, tag="state", client_state={})
-        weights = runtime.consolidated_state_dict()      # lets a resume under another layout reshard
-        if ctx.is_main:
-            torch.save(weights, staging / name / CONSOLIDATED)
+        if phase.config.loop.reshardable_checkpoints:
+            weights = runtime.consolidated_state_dict()  # collective; lets a resume under another layout reshard
+            if ctx.is_main:
+                torch.save(weights, staging / name / ckpt.CONSOLIDATED_FILE)
     _save_rng(staging, ctx.rank)
     if ctx.is_main:
-        (staging / "loop_state.json").write_text(json.dumps(client))
+        (staging / ckpt.LOOP_STATE_FILE).write_text(json.dumps(client))
     outputs.barrier()
     final = ctx.checkpoint_root / tag
     if ctx.is_main:
@@ -239,24 +236,27 @@ def _resume(phase: Phase, path: Path) -> tuple[int, int]:
     weights are resharded into the new layout and the optimizer moments start again: DeepSpeed's
     partitioned optimizer files are readable only by the layout that wrote them.
     """
-    client = json.loads((path / "loop_state.json").read_text())
+    from orchestrator.handoff import checkpoint as ckpt
+
+    client = json.loads((path / ckpt.LOOP_STATE_FILE).read_text())
     for name, runtime in phase.trained.items():
-        if client["layouts"][name] == dataclasses.asdict(runtime.layout):
+        layout = dataclasses.asdict(runtime.layout)
+        if client["layouts"][name] == layout:
             runtime.load(path / name, tag="state")
             continue
+        refusal = ckpt.relayout_refusal(path, layout)
+        if refusal:
+            raise ValueError(f"{phase.name}: {refusal}")
         if phase.ctx.is_main:
-            print(f"{phase.name}: checkpoint {path} was written under layout {_brief(client['layouts'][name])}, "
-                  f"this run has {_brief(dataclasses.asdict(runtime.layout))}: resharding its weights; the "
-                  f"{name}'s optimizer moments restart", flush=True)
-        runtime.load_consolidated(torch.load(path / name / CONSOLIDATED, map_location="cpu", weights_only=True))
+            print(f"{phase.name}: checkpoint {path} was written under layout "
+                  f"{ckpt.layout_brief(client['layouts'][name])}, this run has {ckpt.layout_brief(layout)}: "
+                  f"resharding its weights; the {name}'s optimizer moments restart", flush=True)
+        runtime.load_consolidated(torch.load(path / name / ckpt.CONSOLIDATED_FILE, map_location="cpu",
+                                             weights_only=True))
         runtime.steps_done = int(client["steps_done"][name])
     phase.restore(client["phase_state"])
     _load_rng(path, phase.ctx.rank)
     return int(client["step"]), int(client["skipped_steps"])
-
-
-def _brief(layout: dict) -> str:
-    return " ".join(f"{key}={layout[key]}" for key in ("tp", "pp", "dp", "ep", "zero_stage", "micro_batch", "grad_accum"))
 
 
 def _save_rng(staging: Path, rank: int) -> None:

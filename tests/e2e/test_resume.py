@@ -14,6 +14,7 @@ import signal
 import pytest
 
 import e2e_support as e2e
+from orchestrator.config.run import load_run_config, save_run_config
 from orchestrator.handoff.checkpoint import read_latest
 
 TRAIN_KEYS = ("loss", "lr", "grad_norm", "skipped_steps")
@@ -51,9 +52,11 @@ def resume_message(run_dir, step: int) -> str:
 
 @pytest.mark.e2e
 def test_a_phase_process_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(prepared, tiny_pipeline):
+    """Its checkpoints skip the consolidated weights (same layout: DeepSpeed's files suffice)."""
     reference = tiny_pipeline.run_dir                       # the pipeline's pretrain: same config, never killed
     run_dir = prepared.run_dir("resume-entry")
-    shutil.copy2(reference / "run_config.yaml", run_dir / "run_config.yaml")
+    config = load_run_config(reference / "run_config.yaml", ["pretrain.loop.reshardable_checkpoints=false"])
+    save_run_config(config, run_dir / "run_config.yaml")
     log = run_dir / "entry.log"
     process = e2e.start(e2e.entry("pretrain", run_dir), log=log, cwd=run_dir)
     try:
@@ -65,6 +68,7 @@ def test_a_phase_process_killed_after_a_checkpoint_resumes_to_the_uninterrupted_
     assert not (run_dir / "pretrain" / "final").exists()
     step = checkpoint_step(run_dir)
     assert 0 < step < STEPS
+    assert not list((run_dir / "pretrain" / "checkpoints").rglob("consolidated.pt"))
 
     code, output = e2e.run(e2e.entry("pretrain", run_dir), log=log, cwd=run_dir)
     assert code == 0, output[-3000:]

@@ -76,6 +76,22 @@ def test_complete_phases_are_skipped_and_a_failed_phase_resumes_when_rerun(tmp_p
     assert "sft: rank 0 starts at step 2" in out  # resumed from its latest checkpoint
 
 
+def test_a_checkpoint_without_consolidated_weights_is_refused_under_another_layout_before_launch(tmp_path,
+                                                                                                 monkeypatch):
+    data = recipe(tmp_path)
+    monkeypatch.setenv("STAND_IN_FAIL", "sft:3")
+    assert run(data)[0] != 0                                  # sft stopped after its step-2 checkpoint
+    monkeypatch.delenv("STAND_IN_FAIL")
+    checkpoint = tmp_path / "run" / "sft" / "checkpoints" / "step_00000002"
+    saved = {"tp": 1, "pp": 1, "dp": 2, "ep": 1, "zero_stage": 2, "micro_batch": 1, "grad_accum": 1}
+    (checkpoint / "loop_state.json").write_text(json.dumps({"layouts": {"model": saved}}))   # no consolidated.pt
+    launch_log = (tmp_path / "run" / "sft" / "logs" / "launch.log").read_text()
+    with pytest.raises(ValueError, match=r"sft: checkpoint .*step_00000002 was saved under layout tp=1 pp=1 dp=2 "
+                                         r"ep=1 zero_stage=2 .*without consolidated weights"):
+        run(data)
+    assert (tmp_path / "run" / "sft" / "logs" / "launch.log").read_text() == launch_log   # nothing started
+
+
 def test_only_a_phase_whose_parent_is_missing_fails_before_launching_and_names_the_command(tmp_path):
     with pytest.raises(HandoffError, match=r"no complete pretrain checkpoint in .*run/pretrain: run `orchestrate run"):
         run(recipe(tmp_path), only="sft")

@@ -1,9 +1,13 @@
+import dataclasses
+import json
 import os
 
 import pytest
 
-from orchestrator.handoff.checkpoint import (SUMS_FILE, commit, committed_checkpoints, latest_checkpoint,
-                                             prune_checkpoints, staging_dir, step_tag, verify_checkpoint)
+from orchestrator.handoff.checkpoint import (CONSOLIDATED_FILE, LOOP_STATE_FILE, SUMS_FILE, commit,
+                                             committed_checkpoints, latest_checkpoint, prune_checkpoints,
+                                             relayout_refusal, staging_dir, step_tag, verify_checkpoint)
+from orchestrator.plan.layout import Layout
 from orchestrator.handoff.errors import HandoffError
 
 
@@ -107,3 +111,21 @@ def test_unusable_tags_are_refused(tmp_path, tag):
 def test_committing_an_empty_staging_directory_is_refused(tmp_path):
     with pytest.raises(HandoffError, match="empty"):
         commit(tmp_path, "step_00000001", staging_dir(tmp_path, "step_00000001"))
+
+
+@pytest.mark.parametrize("consolidated", [True, False], ids=["with consolidated weights", "without"])
+def test_another_layout_may_resume_only_a_checkpoint_holding_consolidated_weights(tmp_path, consolidated):
+    staging = save(tmp_path, 6)
+    saved, other = dataclasses.asdict(Layout(dp=2, zero_stage=2)), dataclasses.asdict(Layout(dp=1))
+    (staging / LOOP_STATE_FILE).write_text(json.dumps({"layouts": {"state": saved}}))
+    if consolidated:
+        (staging / "state" / CONSOLIDATED_FILE).write_bytes(b"full weights")
+    checkpoint = commit(tmp_path, step_tag(6), staging)
+    assert relayout_refusal(checkpoint, saved) is None              # its own layout: DeepSpeed's files
+    refusal = relayout_refusal(checkpoint, other)
+    if consolidated:
+        assert refusal is None
+    else:
+        assert "saved under layout tp=1 pp=1 dp=2 ep=1 zero_stage=2" in refusal
+        assert "(loop.reshardable_checkpoints: false), and this run's layout is tp=1 pp=1 dp=1" in refusal
+        assert f"resume with the checkpoint's layout, or delete {tmp_path}" in refusal
