@@ -53,7 +53,7 @@ bench: install
 	$(BIN)/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.dp_scaling --ranks 1 2 4 --steps 4 --write BENCHMARKS.md
 
-# The tiny pipeline over three seeds (about 10 minutes a seed on idle cores): the RLHF phases section.
+# The tiny pipeline over three seeds (about 3 minutes a seed on idle cores): the RLHF phases section.
 bench-rlhf: install
 	$(BIN)/python benchmarks/rlhf_seeds.py --seeds 1 2 3 --write BENCHMARKS.md
 
