@@ -44,9 +44,10 @@ class GPTOutput:
 
     ``logits``: (B, T, V) for ``head="lm"`` — the full vocabulary unless the caller asked for
     ``parallel_logits`` under tensor parallelism, then this rank's (padded) vocabulary shard —
-    or (B, T) values for ``head="scalar"`` (T = 1 with ``last_only``). ``aux_loss``: the MoE load-balancing loss already
-    weighted by ``aux_loss_coef`` and summed over layers (0 for dense models), to be added to the
-    training loss. ``kv_cache``: the cache passed in, now holding the new tokens too (None without one).
+    or (B, T) values for ``head="scalar"`` (T = 1 with ``last_only``). ``aux_loss``: the MoE
+    load-balancing loss already weighted by ``aux_loss_coef`` and summed over layers (0 for dense
+    models), to be added to the training loss. ``kv_cache``: the cache passed in, now holding the
+    new tokens too (None without one).
     """
 
     logits: Tensor
