@@ -138,22 +138,52 @@ def measure(case: Case, *, rounds: int, temperature: float, top_ps: list[float])
 
 
 NOTES = """Both run the same model matmuls; what differs is everything around them, which ours makes
-cheaper in four ways (each measured with the torch profiler on `gpt-25m`, where a step was about 35 ms):
-the KV cache is preallocated and written in place, where `DynamicCache` concatenates every layer's keys and
-values each step (a quarter of our CPU time before); the prompt's forward applies the head to the last
-position only; the nucleus comes from the 256 most probable tokens (`topk`) and the vocabulary is sorted,
-on its float bits, only when they do not hold top-p of the mass, where `generate` sorts the whole vocabulary
-as floats every step; the token is drawn by inverse CDF (one uniform per row) where `torch.multinomial`
-draws one exponential per vocabulary entry (1.6 ms against 0.2 ms at V = 8192, batch 8). These models are untrained, so their distributions are near-uniform, the
-nucleus holds most of the vocabulary and the sort path is the one timed: a trained model's nucleus fits the
-256 candidates (sort and multinomial 6.8 ms, ours 0.8 ms per step at V = 8192, batch 8). What remains on
-`gpt-25m` and `gpt2-small` is the model itself: the matmuls (three quarters of our CPU time) and attention,
-the same work for both, so the ratio falls from `tiny` to the larger models as the sampling overhead becomes
-a smaller share of a step.
+cheaper in four ways (found with the torch profiler on `gpt-25m`): the KV cache is preallocated and written
+in place, where `DynamicCache` concatenates every layer's keys and values each step (a quarter of our CPU
+time before); the prompt's forward applies the head to the last position only; the nucleus comes from the
+256 most probable tokens (`topk`), and the vocabulary is sorted, on its float bits, only when they do not
+hold top-p of the mass, where `generate` sorts the whole vocabulary as floats every step; and the token is
+drawn by inverse CDF (one uniform per row) where `torch.multinomial` draws one exponential per vocabulary
+entry. These models are untrained, so their distributions are near-uniform and the sort path is the one
+timed above; the table below shows the step on a peaked distribution too, where ours skips the sort. What
+remains on `gpt-25m` and `gpt2-small` is the model itself: the matmuls (three quarters of our CPU time) and
+attention, the same work for both, so the ratio falls from `tiny` to the larger models as the sampling
+becomes a smaller share of a step.
 """
 
 
-def report(rows: list[dict], *, command: str, temperature: float, threads: int) -> str:
+def sorted_nucleus_token(probs: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """The textbook step ``generate`` also takes: sort the vocabulary, mask past top-p, scatter back,
+    ``torch.multinomial`` (this project's sampler before the top-k path and inverse-CDF draw)."""
+    values, order = probs.sort(dim=-1, descending=True)
+    values = values.masked_fill(values.cumsum(dim=-1) - values > top_p, 0.0)
+    return torch.multinomial(torch.zeros_like(probs).scatter(-1, order, values), 1, generator=generator).squeeze(-1)
+
+
+def sampling_rows(*, batch: int = 8, top_p: float = 0.9, repeats: int = 30) -> list[list[str]]:
+    """Milliseconds to pick one token per row from (batch, V) probabilities, both ways, for a
+    near-uniform distribution (an untrained model: the nucleus is most of the vocabulary) and a
+    peaked one (logits of standard deviation 8: the nucleus is a few tokens, as for a trained model)."""
+    from orchestrator.phases.sampling import nucleus_sample
+
+    rows = []
+    for vocab in (2048, 8192, 50257):
+        for name, scale in (("near-uniform", 0.1), ("peaked", 8.0)):
+            generator = torch.Generator().manual_seed(0)
+            probs = torch.softmax(torch.randn(batch, vocab, generator=generator) * scale, dim=-1)
+            ms = {}
+            for label, pick in (("sorted", sorted_nucleus_token), ("ours", lambda p, t, g: nucleus_sample(p, t, generator=g))):
+                pick(probs, top_p, generator)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    pick(probs, top_p, generator)
+                ms[label] = (time.perf_counter() - start) / repeats * 1e3
+            rows.append([f"{vocab:,}", name, f"{ms['sorted']:.2f}", f"{ms['ours']:.2f}", f"{ms['sorted'] / ms['ours']:.1f}"])
+    return rows
+
+
+def report(rows: list[dict], *, command: str, temperature: float, threads: int,
+           sampling: list[list[str]]) -> str:
     table = [[r["case"].preset, f"{r['params'] / 1e6:.1f}M", f"{r['vocab']:,}", r["top_p"], r["case"].batch,
               f"{r['case'].prompt_lengths[0]}–{r['case'].prompt_lengths[1]}", r["case"].max_new_tokens,
               f"{r['tokens_per_s']['ours']:,.0f}", f"{r['tokens_per_s']['hf']:,.0f}",
@@ -169,7 +199,10 @@ def report(rows: list[dict], *, command: str, temperature: float, threads: int) 
         "```bash", command, "```", "",
         f"Machine: {machine_info().describe()}. Date: {today()}.", "",
         markdown_table(["model", "params", "vocab", "top-p", "batch", "prompt tokens (left-padded)", "new tokens", "ours tokens/s",
-                        "hf tokens/s", "ours / hf (wall)", "ours / hf (CPU time)"], table), "", NOTES])
+                        "hf tokens/s", "ours / hf (wall)", "ours / hf (CPU time)"], table), "", NOTES,
+        "Choosing one token, batch 8, top-p 0.9, in the same run (ms per step; *sorted*: sort, mask, scatter "
+        "back, `torch.multinomial`, as `generate` does; *ours*: `phases.sampling.nucleus_sample`):", "",
+        markdown_table(["vocab", "distribution", "sorted ms", "ours ms", "sorted / ours"], sampling), ""])
 
 
 def main() -> None:
@@ -189,7 +222,8 @@ def main() -> None:
     command = (f".venv/bin/python -m benchmarks.rollout_speed --rounds {args.rounds} --temperature {args.temperature} "
                f"--top-p {' '.join(map(str, args.top_p))} --models {' '.join(args.models)} --threads {args.threads}"
                + (f" --write {args.write}" if args.write else ""))
-    section = report(rows, command=command, temperature=args.temperature, threads=args.threads)
+    section = report(rows, command=command, temperature=args.temperature, threads=args.threads,
+                     sampling=sampling_rows())
     print(section)
     if args.write:
         write_section(Path(args.write), section)

@@ -63,8 +63,8 @@ def nucleus_sample(probs: Tensor, top_p: float, *, generator: torch.Generator) -
     most ``top_p`` of some row's mass (as for an untrained, near-uniform model); the sort then runs
     on the probabilities' float32 bit patterns, which order as the values do (non-negative floats)
     and sort faster than floats on CPU. The draw happens in sorted order, so nothing is scattered
-    back to vocabulary order. On CPU, V = 8192, batch 8: a full float sort 4.0 ms, the int sort 2.8
-    ms, ``topk`` of 256 0.7 ms.
+    back to vocabulary order. Timed against sort + scatter + ``torch.multinomial`` in
+    ``benchmarks/rollout_speed.py`` (BENCHMARKS.md).
     """
     vocab = probs.shape[-1]
     top, index = None, None
@@ -83,7 +83,7 @@ def draw(probs: Tensor, *, generator: torch.Generator) -> Tensor:
     """One index per row of (B, V) non-negative weights, with probability proportional to its weight.
 
     Inverse-CDF sampling: one uniform per row against the running sum, where ``torch.multinomial``
-    draws one exponential per vocabulary entry (on CPU, V = 8192, batch 8: 0.2 ms against 1.6 ms).
+    draws one exponential per vocabulary entry.
     """
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:].contiguous()
