@@ -23,7 +23,6 @@ no recompute) and is given as a fraction of this machine's measured fp32 matmul 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
@@ -34,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks.common import write_section
+from benchmarks.common import markdown_table, today, write_section
 from orchestrator.config.model import GPTConfig, get_model
 from orchestrator.config.run import OptimConfig
 from orchestrator.model.gpt import GPT
@@ -218,7 +217,6 @@ def report(results: dict[Shape, dict[str, dict]], *, peak: float, optimizer: dic
               "median CPU s per step", "tokens/s (median)", "model GFLOP/s (fastest)",
               "of fp32 matmul peak (fastest)", "speed vs plain: wall / CPU"]
     rows = [row for shape, times in results.items() for row in shape_rows(shape, times, peak=peak)]
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
     flops = "; ".join(f"`{shape.preset}` {shape.config.flops_per_token(seq=shape.seq) * shape.tokens / 1e9:.1f} GFLOP "
                       f"({shape.config.flops_per_token(seq=shape.seq) / 1e6:.1f} MFLOP per token)" for shape in results)
     adam = "; ".join(f"`{shape.preset}` {secs['default']:.2f} s against {secs['fused']:.2f} s"
@@ -232,8 +230,8 @@ def report(results: dict[Shape, dict[str, dict]], *, peak: float, optimizer: dic
         "", "```bash", command, "```", "",
         f"Machine: {machine}; load average {load} (1 / 5 / 15 min) at the end; fp32 matmul peak: "
         f"{peak / 1e9:.1f} GFLOP/s, the best of probes taken before the run and in every turn (so it and the "
-        f"fastest steps are the least disturbed figures). Date: {datetime.date.today().isoformat()}.", "",
-        *table, "",
+        f"fastest steps are the least disturbed figures). Date: {today()}.", "",
+        markdown_table(header, rows), "",
         f"Model FLOPs per step (Narayanan et al. 2021, no recompute): {flops}. Speed vs plain: median over steps "
         f"of plain's step time divided by the contender's in the same turn (> 1: faster than plain), by wall "
         f"clock and by process CPU time.", "",
