@@ -10,12 +10,13 @@ import datetime
 import json
 import os
 import platform
-import socket
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from orchestrator.engine.launch.ports import free_port  # noqa: F401  (re-exported for the benchmarks)
 
 
 @dataclass(frozen=True)
@@ -103,12 +104,6 @@ def write_section(path: Path, section: str) -> None:
     """Replace (or append) ``section`` in the Markdown file at ``path``; nothing else changes."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     path.write_text(replace_section(text, section))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_entry(local_rank: int, target: Callable[..., Any], world: int, port: int, threads: int, out: str,

@@ -11,9 +11,8 @@ import importlib
 import os
 import sys
 
+from orchestrator.engine.launch.command import ENTRY_MODULE
 from orchestrator.engine.launch.files import rank_env_from_scheduler
-
-ENTRY_MODULE = "orchestrator.phases.entry"
 
 
 def main(argv: list[str]) -> int:

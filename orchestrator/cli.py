@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from orchestrator import __version__
 
 # name → (module under orchestrator.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrate", description="Plan, launch and run GPT training on DeepSpeed.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -41,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"orchestrator.commands.{COMMANDS[command][0]}")
     try:
         return module.run(args) or 0
+    except BrokenPipeError:  # `orchestrate plan ... | head -1`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError) as err:  # config and layout errors: one clear line, no trace
         print(f"orchestrate {command}: error: {err}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from orchestrator.handoff.metrics import series
-from orchestrator.orchestrate.summary import PhaseSummary, format_metric, human_seconds, summarize
+from orchestrator.runner.summary import PhaseSummary, format_metric, human_seconds, summarize
 
 # phase → panels of (title, metric keys); a panel is drawn when any of its keys has data.
 PANELS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.config.run import PHASES, load_run_config
-from orchestrator.orchestrate.pipeline import run_pipeline, write_sbatch
+from orchestrator.runner.pipeline import run_pipeline, write_sbatch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

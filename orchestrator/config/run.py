@@ -290,7 +290,11 @@ def load_run_config(recipe: str | Path | dict | None = None, overrides: list[str
     return from_dict(RunConfig, data)
 
 
-def save_run_config(config: RunConfig, path: str | Path) -> None:
+def run_config_yaml(config: RunConfig) -> str:
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def save_run_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(run_config_yaml(config))

@@ -11,7 +11,6 @@ No module-level state: everything a rank needs about the grid is in its ``Parall
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from orchestrator.engine.launch.ports import free_port
 from orchestrator.plan.layout import Layout
 
 
@@ -40,12 +40,6 @@ def detect_device(local_rank: int) -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed(*, timeout_minutes: float = 10.0) -> DistributedContext:
     """Join the job's process group (idempotent).
 
@@ -59,7 +53,7 @@ def init_distributed(*, timeout_minutes: float = 10.0) -> DistributedContext:
     launched = any(key in os.environ for key in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"))
     if not dist.is_initialized() and not launched:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device, backend = detect_device(local_rank)
     if device.type == "cuda":

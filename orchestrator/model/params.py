@@ -27,13 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from orchestrator.config.model import GPTConfig
+from orchestrator.plan.partition import padded_vocab
 
 _EXPERT = re.compile(r"(deepspeed_experts\.)(\d+)(\.)")
-
-
-def padded_vocab(vocab: int, tp: int) -> int:
-    """The vocabulary rounded up to a multiple of tp (Megatron pads the same way)."""
-    return -(-vocab // tp) * tp
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ the consolidated dict into whatever layout it has. Only rank 0 touches manifests
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from orchestrator.handoff.hashing import fsync_path
+from orchestrator.handoff.hashing import atomic_write
 from orchestrator.model.gpt import GPT
 from orchestrator.model.params import load_plain_state, materialize, param_shards
 from orchestrator.handoff.manifest import (Manifest, complete_manifest, failed_manifest, start_manifest,
@@ -51,15 +50,7 @@ def begin(run_dir: Path, *, phase: str, model: dict, head: str, layout, tokenize
 
 def save_final_weights(state: dict[str, torch.Tensor], phase_dir: Path) -> str:
     """Write the consolidated weights atomically (tmp, fsync, rename); returns the path relative to phase_dir."""
-    path = Path(phase_dir) / FINAL_WEIGHTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    atomic_write(Path(phase_dir) / FINAL_WEIGHTS, lambda handle: torch.save(state, handle))
     return FINAL_WEIGHTS
 
 

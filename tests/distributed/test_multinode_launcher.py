@@ -8,7 +8,6 @@ node 0 first prepares the run's data while node 1's rank waits at the rendezvous
 ranks pretrain the tiny model under ZeRO-1 data parallelism into one atomic checkpoint.
 """
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,14 +18,9 @@ import pytest
 from orchestrator.handoff.checkpoint import read_latest, verify_checkpoint
 from orchestrator.handoff.manifest import read_manifest
 from orchestrator.handoff.metrics import read_metrics
+from orchestrator.engine.launch.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def overrides(tmp_path: Path, hostfile: Path) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from orchestrator.config.model import get_model
 from orchestrator.model.gpt import GPT
+from orchestrator.engine.launch.ports import free_port
 
 WORKER = Path(__file__).with_name("runtime_worker.py")
 TOL = 1e-5
@@ -36,12 +36,6 @@ HANDOFF_CASES = ["tp2", "tp2_padded_vocab", "pp2", "tp2_pp2_dp2"]
 VOCAB = {"tp2_padded_vocab": 2047}
 
 pytestmark = pytest.mark.distributed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_worker(out: Path, *, nproc: int, cases: list[str], reference: bool = False) -> dict:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from orchestrator.config.run import load_run_config, save_run_config
 from orchestrator.handoff.checkpoint import read_latest
 from orchestrator.handoff.manifest import Manifest, read_manifest
 from orchestrator.handoff.metrics import read_metrics
+from orchestrator.engine.launch.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO / "recipes" / "tiny.yaml"
@@ -60,12 +60,6 @@ def base_sets(cache_dir: Path) -> list[str]:
 
 def as_set_flags(sets: Sequence[str]) -> list[str]:
     return [flag for item in sets for flag in ("--set", item)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def process_env() -> dict[str, str]:

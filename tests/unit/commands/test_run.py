@@ -2,7 +2,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,13 @@ from orchestrator.config.run import load_run_config
 from orchestrator.engine.launch import LaunchCommand, LaunchPlan
 from orchestrator.handoff.errors import HandoffError
 from orchestrator.handoff.manifest import read_manifest
-from orchestrator.orchestrate.pipeline import run_pipeline, select_phases
-from orchestrator.orchestrate.process import run_logged, stop_group
+from orchestrator.runner.pipeline import run_pipeline, select_phases
+from orchestrator.runner.process import run_logged, stop_group
 from orchestrator.plan.layout import LayoutError
+from orchestrator.engine.launch.ports import free_port
 
 HERE = Path(__file__).parent
 STAND_IN = "phase_stand_in"  # tests/unit/commands/phase_stand_in.py, on PYTHONPATH through launch.env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def recipe(tmp_path, launcher="torchrun", **extra):

@@ -8,7 +8,7 @@ from run_dir_builder import begin, mixed_run, save, train
 
 def test_status_shows_each_phase_with_status_step_metric_and_checkpoint(tmp_path, capsys):
     run_dir = mixed_run(tmp_path / "run")
-    assert main(["status", str(run_dir)]) == 0
+    assert main(["status", str(run_dir)]) == 1  # the reward phase failed
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["phase", "status", "step", "key", "metric", "checkpoint", "time"]
     rows = {line.split()[0]: line.split() for line in lines[2:6]}

@@ -24,9 +24,9 @@ from orchestrator.config.run import PHASES, RunConfig
 from orchestrator.engine.launch import ENTRY_MODULE, LaunchCommand, deepspeed_env_text
 from orchestrator.handoff.checkpoint import read_latest, relayout_refusal
 from orchestrator.handoff.manifest import PARENTS, Manifest, rerun_hint, verified_complete, verify_parent
-from orchestrator.orchestrate.prepare import (DEEPSPEED_ENV, PhaseJob, missing_backend, prepare_jobs, with_run_dir,
+from orchestrator.runner.prepare import (DEEPSPEED_ENV, PhaseJob, missing_backend, prepare_jobs, with_run_dir,
                                               write_job, write_run_files)
-from orchestrator.orchestrate.process import format_tail, run_logged
+from orchestrator.runner.process import format_tail, run_logged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +190,7 @@ def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Opti
 def write_sbatch(config: RunConfig, *, run_dir: Optional[str] = None, path: str) -> Path:
     """Write ``RUN_DIR/run_config.yaml`` and an sbatch script that runs every phase in one allocation."""
     from orchestrator.engine.launch import sbatch_script
-    from orchestrator.orchestrate.prepare import resolve_layouts, uses_gpu, write_yaml_config
+    from orchestrator.runner.prepare import resolve_layouts, uses_gpu, write_yaml_config
 
     config = with_run_dir(config, run_dir)
     config = dataclasses.replace(config, launch=dataclasses.replace(config.launch, multinode="no_ssh"))

@@ -18,7 +18,7 @@ import yaml
 
 from orchestrator.config.cluster import Cluster, get_device
 from orchestrator.config.loader import to_dict
-from orchestrator.config.run import RunConfig, save_run_config
+from orchestrator.config.run import RunConfig, run_config_yaml
 from orchestrator.engine.ds_config import Precision, build_ds_config
 from orchestrator.engine.launch import (ENTRY_MODULE, LaunchPlan, Target, accelerate_config, build_launch_plan,
                                         check_hosts, deepspeed_env_text, launch_env, phase_entry, read_hostfile)
@@ -155,10 +155,8 @@ def prepare_jobs(config: RunConfig, *, run_dir: Path, entry_module: str = ENTRY_
 
 
 def write_yaml_config(config: RunConfig, path: Path) -> None:
-    """``save_run_config`` into a temporary file, then an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_run_config(config, tmp)
-    os.replace(tmp, path)
+    """The run config as YAML, replaced atomically."""
+    atomic_write_text(path, run_config_yaml(config))
 
 
 def write_run_files(config: RunConfig, run_dir: Path, env: dict[str, str]) -> None:
