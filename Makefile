@@ -8,6 +8,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # CPU-only machines: keep DeepSpeed and torch quiet and single-threaded per rank where it matters.
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
+# DeepSpeed's JIT-built CPU op lives in this virtualenv (built once by `install`; see scripts/prebuild_ops.py).
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
 .PHONY: install test test-fast smoke smoke-3d smoke-moe plan-gpt3 bench bench-rlhf clean
 
@@ -18,6 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned to the CPU build on these machines (an unpinned torch pulls CUDA wheels)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python scripts/prebuild_ops.py
 	touch $@
 
 test: install

@@ -63,6 +63,17 @@ def init_distributed(*, timeout_minutes: float = 10.0) -> DistributedContext:
                               device=device, backend=dist.get_backend())
 
 
+def shutdown_distributed() -> None:
+    """Leave the job in order: a barrier, so no rank tears down while a peer still talks to it,
+    then ``destroy_process_group``. Without it each rank's process groups are destroyed during
+    interpreter exit, in no fixed order with the C++ statics and the other ranks' exits. Call it
+    on success only: after a failure the peers may be gone, and the launcher ends the job.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @dataclass(frozen=True, eq=False)
 class ParallelState:
     """One rank's coordinates in the (pipe, data, model) grid and its process groups."""

@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.engine.parallel import init_distributed
+    from orchestrator.engine.parallel import init_distributed, shutdown_distributed
     from orchestrator.phases.context import PhaseContext, read_run_config
     from orchestrator.phases.loop import run
 
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         print(f"{args.phase}: complete: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()
                                                      if isinstance(v, (int, float))))
+    shutdown_distributed()
     return 0
 
 

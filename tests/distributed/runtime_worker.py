@@ -23,6 +23,7 @@ import torch.distributed as dist
 from orchestrator.config.model import get_model
 from orchestrator.config.run import OptimConfig
 from orchestrator.engine.build import build_runtime, init_distributed
+from orchestrator.engine.parallel import shutdown_distributed
 from orchestrator.plan.layout import Layout
 
 STEPS = 4
@@ -168,6 +169,7 @@ def main() -> None:
         _forget_deepspeed_mpu()
     if dist.get_rank() == 0:
         out.write_text(json.dumps({"world": dist.get_world_size(), "results": results}))
+    shutdown_distributed()
 
 
 def _forget_deepspeed_mpu() -> None:

@@ -10,7 +10,6 @@ ranks pretrain the tiny model under ZeRO-1 data parallelism into one atomic chec
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,9 +37,6 @@ def node_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # DeepSpeed's JIT-built CPU op in a build directory of its own (see tests/e2e/e2e_support.py: the
-    # shared ~/.cache/torch_extensions is rebuilt whenever processes with different ninjas alternate)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "orchestrator-e2e-torch-extensions"))
     return env
 
 

@@ -5,11 +5,10 @@ Every process gets ``WANDB_MODE=disabled`` and ``OMP_NUM_THREADS=1`` (so runs st
 different paths compute with the same thread count and compare bit for bit), runs in its own
 session, and is killed by process group if a test gives up on it.
 
-DeepSpeed JIT-builds its CPU shared-memory op into ``TORCH_EXTENSIONS_DIR``. The suite keeps its
-own build there: ``~/.cache/torch_extensions`` is shared with every other DeepSpeed process on the
-machine, and ninja 1.11 (``/usr/bin``) and 1.13 (the venv's) record different command hashes in
-its build log, so processes started with different PATHs rebuild the op for each other (30-100 s
-each on a busy 2-core machine).
+DeepSpeed JIT-builds its CPU shared-memory op into ``TORCH_EXTENSIONS_DIR``, which
+``tests/conftest.py`` points into the virtualenv (``make install`` builds it there): the shared
+``~/.cache/torch_extensions`` is rebuilt whenever processes of other virtualenvs, or with another
+ninja (1.11 in ``/usr/bin`` and the venv's 1.13 record different command hashes), use it.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,7 +32,6 @@ from orchestrator.engine.launch.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO / "recipes" / "tiny.yaml"
-TORCH_EXTENSIONS = Path(tempfile.gettempdir()) / "orchestrator-e2e-torch-extensions"
 PROCESS_TIMEOUT = 900
 """Seconds before a test gives up on a process (a hang guard, not a timing assertion)."""
 
@@ -68,7 +65,6 @@ def process_env() -> dict[str, str]:
     env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                HF_HUB_OFFLINE="1")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(TORCH_EXTENSIONS))
     return env
 
 
