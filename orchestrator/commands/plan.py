@@ -60,10 +60,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     fixed.add_argument("--micro-batch", type=int)
     fixed.add_argument("--recompute", choices=["none", "selective", "full"])
     fixed.add_argument("--interleave", type=int, help="virtual pipeline stages per rank (Megatron's schedule)")
-    fixed.add_argument("--max-interleave", type=int, default=1, help="search interleave up to this (default 1)")
+    fixed.add_argument("--max-interleave", type=int, default=1,
+                       help="search interleave up to this (default 1; > 1 is plan only: DeepSpeed runs plain 1F1B)")
     fixed.add_argument("--offload", action="store_true", help="offload optimizer state to the CPU (ZeRO-Offload)")
     fixed.add_argument("--sequence-parallel", action="store_true",
-                       help="shard LayerNorm/dropout activations over tp (this project's runtime does not run it)")
+                       help="shard LayerNorm/dropout activations over tp (plan only: this project's runtime "
+                            "does not run it)")
     parser.add_argument("--uneven-pipeline", action="store_true", help="allow pp that does not divide the layers")
     parser.add_argument("--ppo", action="store_true", help="plan PPO's four models (actor, critic, reference, reward)")
     parser.add_argument("--offload-frozen", action="store_true", help="PPO: keep the frozen models in host RAM")
@@ -125,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(plans) if plans else "no layout fits: see the reasons below")
         if plans and plans[0].warnings:
             print("\nbest layout's warnings:\n" + "\n".join(f"  {w}" for w in plans[0].warnings))
+        if any(plan.plan_only for plan in plans):
+            print("\n" + plan_only_notes(plans))
     if (args.explain or not plans) and not args.json:
         print("\n" + explain(result))
     return 0 if plans else 2
@@ -141,7 +145,8 @@ def header(job: Job, result: SearchResult, seconds: float) -> str:
 
 def format_table(plans: list[Plan]) -> str:
     header_row = ["#", "layout", "GiB/GPU", "step s", "tokens/s", "MFU", "bubble", f"days"]
-    rows = [[str(i + 1), describe_layout(plan.layout), f"{plan.prediction.memory_gib:.1f}",
+    rows = [[str(i + 1), describe_layout(plan.layout) + (" (plan only)" if plan.plan_only else ""),
+             f"{plan.prediction.memory_gib:.1f}",
              f"{plan.prediction.step_time_s:.3g}", f"{plan.prediction.tokens_per_s:,.0f}",
              f"{plan.prediction.mfu:.1%}", f"{plan.prediction.bubble_fraction:.1%}",
              f"{plan.prediction.days_to_train:.1f}"] for i, plan in enumerate(plans)]
@@ -150,6 +155,17 @@ def format_table(plans: list[Plan]) -> str:
                                    for c, (cell, w) in enumerate(zip(cells, widths)))
     days_note = f"(days: to train {plans[0].train_tokens / 1e9:g}B tokens)"
     return "\n".join([line(header_row), line(["-" * w for w in widths]), *map(line, rows), days_note])
+
+
+def plan_only_notes(plans: list[Plan]) -> str:
+    """Why each "plan only" row cannot run here (the planner prices it; ``orchestrate run`` refuses it)."""
+    rows: dict[str, list[str]] = {}
+    for i, plan in enumerate(plans):
+        if plan.plan_only:
+            rows.setdefault("; ".join(plan.plan_only), []).append(f"#{i + 1}")
+    lines = ["plan only: this project's runtime cannot run these layouts (orchestrate run refuses them):"]
+    lines += [f"  {', '.join(numbers)}: {reason}" for reason, numbers in rows.items()]
+    return "\n".join(lines)
 
 
 def explain(result: SearchResult, examples: int = 2) -> str:
@@ -183,7 +199,7 @@ def report_single(evaluation: Evaluation, job: Job, *, as_json: bool) -> int:
             print(f"error: {issue.message}", file=sys.stderr)
         for issue in evaluation.issues:
             if issue.severity != "error":
-                print(f"{issue.severity}: {issue.message}", file=sys.stderr)
+                print(str(issue), file=sys.stderr)
         return 2
     plan = make_plan(evaluation, job)
     if as_json:
@@ -206,5 +222,6 @@ def describe_plan(plan: Plan) -> str:
              f"  stages   {plan.layers_per_stage} layers, vocab padded to {plan.padded_vocab}"]
     if plan.ppo_models_gib:
         lines.append("  ppo      " + ", ".join(f"{k} {v:.2f} GiB" for k, v in plan.ppo_models_gib.items()))
+    lines += [f"  plan only: {reason} (orchestrate run refuses it)" for reason in plan.plan_only]
     lines += [f"  warning: {w}" for w in plan.warnings] + [f"  note: {n}" for n in plan.notes]
     return "\n".join(lines)

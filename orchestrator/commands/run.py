@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.config.run import PHASES, load_run_config
+from orchestrator.config.run import PHASES, ClusterConfig, load_run_config
 from orchestrator.runner.pipeline import run_pipeline, write_sbatch
 
 
@@ -22,8 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sbatch", metavar="FILE", help="write a Slurm batch script for this run instead of running it")
 
 
+def check_node_rank(node_rank: int, cluster: ClusterConfig) -> None:
+    """``--node-rank`` names a node of the recipe's cluster (checked before anything is read or written)."""
+    if not 0 <= node_rank < cluster.nodes:
+        raise ValueError(f"--node-rank {node_rank}: must be in 0..{cluster.nodes - 1} (cluster.nodes={cluster.nodes})")
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_run_config(args.recipe, args.overrides)
+    check_node_rank(args.node_rank, config.cluster)
     if args.sbatch:
         path = write_sbatch(config, run_dir=args.run_dir, path=args.sbatch)
         print(f"wrote {path}: submit it with `sbatch {path}`")

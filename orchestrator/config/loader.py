@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,66 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+class FieldError(ConfigError):
+    """A value outside its valid range. The key is dotted as ``--set`` takes it; ``from_dict``
+    prefixes it with the section its dataclass sits in (``lr`` → ``pretrain.optim.lr``)."""
+
+    def __init__(self, key: str, value: Any, valid: str) -> None:
+        self.key, self.value, self.valid = key, value, valid
+        super().__init__(f"{key}={value!r}: {valid}")
+
+    def under(self, where: str) -> "FieldError":
+        return FieldError(_join(where, self.key), self.value, self.valid)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A closed or half-open interval of valid values; ``None`` leaves a side unbounded.
+    Infinite and NaN floats are never inside."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            if isinstance(self.low, int) and isinstance(self.high, int) and not (self.low_open or self.high_open):
+                return f"must be in {self.low}..{self.high}"
+            return (f"must be in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+        return f"must be {'<' if self.high_open else '<='} {self.high:g}"
+
+
+POSITIVE = Range(0.0, low_open=True)
+"""> 0 (temperatures, epsilons)."""
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+UNIT = Range(0.0, 1.0)
+"""[0, 1] (ratios, λ, γ)."""
+UNIT_BELOW_ONE = Range(0.0, 1.0, high_open=True)
+"""[0, 1) (Adam betas, dropout)."""
+UNIT_ABOVE_ZERO = Range(0.0, 1.0, low_open=True)
+"""(0, 1] (top-p)."""
+
+
+def check_ranges(obj: Any, ranges: dict[str, Range]) -> None:
+    """Raise ``FieldError`` for the first field of ``obj`` outside its range (None: not set)."""
+    for name, valid in ranges.items():
+        value = getattr(obj, name)
+        if value is not None and value not in valid:
+            raise FieldError(name, value, str(valid))
 
 
 def load_file(path: str | Path) -> dict:
@@ -76,6 +137,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     kwargs = {name: coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
+    except FieldError as err:
+        raise err.under(where) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or cls.__name__}: {err}") from None
 

@@ -15,6 +15,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+from orchestrator.config.loader import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_BELOW_ONE, FieldError, Range,
+                                        check_ranges)
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -59,17 +62,14 @@ class GPTConfig:
     """GPT-3 paper's peak learning rate; 0: none."""
 
     def __post_init__(self) -> None:
-        for field in ("n_layers", "d_model", "n_heads", "d_head", "ctx", "vocab", "ffn_mult"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"model {self.name}: {field}={getattr(self, field)} must be >= 1")
+        check_ranges(self, {name: AT_LEAST_ONE for name in ("n_layers", "d_model", "n_heads", "d_head", "ctx", "vocab",
+                                                              "ffn_mult", "local_window", "moe_every")})
+        check_ranges(self, {"dropout": UNIT_BELOW_ONE, "layer_norm_eps": POSITIVE, "init_std": POSITIVE,
+                            "capacity_factor": POSITIVE, "aux_loss_coef": NON_NEGATIVE})
         if self.n_experts < 0 or self.n_experts == 1:
-            raise ValueError(f"model {self.name}: n_experts={self.n_experts}: use 0 (dense) or >= 2")
-        if self.n_experts and not 1 <= self.top_k <= self.n_experts:
-            raise ValueError(f"model {self.name}: top_k={self.top_k} must be in 1..n_experts={self.n_experts}")
-        if self.moe_every < 1:
-            raise ValueError(f"model {self.name}: moe_every={self.moe_every} must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model {self.name}: dropout={self.dropout} must be in [0, 1)")
+            raise FieldError("n_experts", self.n_experts, "must be 0 (dense) or >= 2")
+        if self.n_experts and self.top_k not in Range(1, self.n_experts):
+            raise FieldError("top_k", self.top_k, f"must be in 1..{self.n_experts} (n_experts)")
 
     # --- shape helpers -------------------------------------------------------------------
     @property

@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from orchestrator.config.loader import ConfigError, apply_overrides, from_dict, load_file, to_dict
+from orchestrator.config.cluster import DEVICES
+from orchestrator.config.loader import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, UNIT_ABOVE_ZERO, UNIT_BELOW_ONE,
+                                        ConfigError, FieldError, Range, apply_overrides, check_ranges, from_dict,
+                                        load_file, to_dict)
 from orchestrator.config.model import GPTConfig, get_model
 from orchestrator.data.task import TaskConfig
 from orchestrator.plan.layout import Layout
+from orchestrator.plan.validate import layout_range_errors
 
 PHASES = ("pretrain", "sft", "reward", "ppo")
 
@@ -29,6 +33,11 @@ class ClusterConfig:
     nodes: int = 1
     gpus_per_node: int = 1
     """Ranks per node (GPUs, or CPU processes for gpu: cpu)."""
+
+    def __post_init__(self) -> None:
+        if self.gpu.lower() not in DEVICES:
+            raise FieldError("gpu", self.gpu, f"must be one of {', '.join(DEVICES)}")
+        check_ranges(self, {"nodes": AT_LEAST_ONE, "gpus_per_node": AT_LEAST_ONE})
 
     @property
     def world(self) -> int:
@@ -60,10 +69,7 @@ class LaunchConfig:
     """``#SBATCH --time`` (wall-clock limit, HH:MM:SS or D-HH:MM:SS)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.master_port <= 65535:
-            raise ValueError(f"launch.master_port={self.master_port} must be in 1..65535")
-        if self.timeout_minutes < 1:
-            raise ValueError(f"launch.timeout_minutes={self.timeout_minutes} must be >= 1")
+        check_ranges(self, {"master_port": Range(1, 65535), "timeout_minutes": AT_LEAST_ONE})
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,8 @@ class SourceConfig:
     """What one document is in a .txt file: a line, a blank-line separated paragraph, or the file."""
 
     def __post_init__(self) -> None:
-        if not self.weight > 0:
-            raise ValueError(f"source {self.name!r}: weight={self.weight} must be > 0 (leave the source out instead)")
+        if self.weight not in POSITIVE:
+            raise FieldError("weight", self.weight, f"must be > 0 (source {self.name!r}: leave it out instead)")
 
 
 @dataclass(frozen=True)
@@ -114,11 +120,11 @@ class DataConfig:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources: names {names} must be distinct")
-        if not 0.0 <= self.eval_fraction < 0.5:
-            raise ValueError(f"data.eval_fraction={self.eval_fraction} must be in [0, 0.5)")
-        if self.tokenizer == "train" and not 300 <= self.vocab_size <= 1 << 20:
-            raise ValueError(f"data.vocab_size={self.vocab_size}: a byte-level BPE needs 256 bytes + "
-                             "special tokens + merges; use 300 to 1048576")
+        check_ranges(self, {"eval_fraction": Range(0.0, 0.5, high_open=True), "split_seed": NON_NEGATIVE,
+                            "tokenizer_task_repeats": NON_NEGATIVE})
+        if self.tokenizer == "train" and self.vocab_size not in Range(300, 1 << 20):
+            raise FieldError("vocab_size", self.vocab_size, "must be in 300..1048576 (a byte-level BPE needs 256 "
+                                                            "bytes + special tokens + merges)")
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ class OptimConfig:
     """AdamW with linear warm-up then cosine decay (GPT-3, Brown et al. 2020, §B)."""
 
     lr: float = 6e-4
+    """Peak learning rate; 0 freezes the weights (a test of what a phase hands on)."""
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr × min_lr_ratio (GPT-3: 10%)."""
     warmup_steps: int = 10
@@ -134,6 +141,12 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0: no clipping."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"lr": NON_NEGATIVE, "min_lr_ratio": UNIT, "warmup_steps": NON_NEGATIVE,
+                            "weight_decay": NON_NEGATIVE, "beta1": UNIT_BELOW_ONE, "beta2": UNIT_BELOW_ONE,
+                            "eps": POSITIVE, "grad_clip": NON_NEGATIVE})
 
 
 @dataclass(frozen=True)
@@ -145,8 +158,10 @@ class LoopConfig:
     seq_len: int = 128
     log_every: int = 10
     eval_every: int = 50
+    """Evaluate every this many steps (0: only the final evaluation)."""
     eval_batches: int = 4
     save_every: int = 50
+    """Checkpoint every this many steps (0: only at the end)."""
     keep_checkpoints: int = 2
     """Committed checkpoints kept on disk (older ones are pruned after each save)."""
     reshardable_checkpoints: bool = True
@@ -157,6 +172,11 @@ class LoopConfig:
     max_bad_steps: int = 3
     """NaN/inf losses in a row before the run stops (each one skips its step)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {"steps": AT_LEAST_ONE, "seq_len": AT_LEAST_ONE, "log_every": AT_LEAST_ONE,
+                            "eval_every": NON_NEGATIVE, "eval_batches": AT_LEAST_ONE, "save_every": NON_NEGATIVE,
+                            "keep_checkpoints": AT_LEAST_ONE, "max_bad_steps": AT_LEAST_ONE})
+
 
 @dataclass(frozen=True)
 class PhaseConfig:
@@ -165,6 +185,24 @@ class PhaseConfig:
     layout: Layout = field(default_factory=Layout)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        layout = dataclasses.replace(self.layout, dp=1) if self.layout.dp == -1 else self.layout
+        for name, value, valid in layout_range_errors(layout):
+            raise FieldError(f"layout.{name}", value, valid)
+        if self.optim.warmup_steps > self.schedule_steps:
+            raise FieldError("optim.warmup_steps", self.optim.warmup_steps,
+                             f"must be in 0..{self.schedule_steps} (the phase's optimizer steps, {self._steps_text}): "
+                             f"lower it or raise loop.steps")
+
+    @property
+    def schedule_steps(self) -> int:
+        """Optimizer steps the LR schedule spans."""
+        return self.loop.steps
+
+    @property
+    def _steps_text(self) -> str:
+        return "loop.steps"
 
 
 @dataclass(frozen=True)
@@ -181,11 +219,15 @@ class SFTConfig(PhaseConfig):
 class RewardConfig(PhaseConfig):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=5))
     k: int = 4
-    """Responses ranked per prompt (InstructGPT: 4 to 9)."""
+    """Responses ranked per prompt (InstructGPT: 4 to 9; 2 to 9 here)."""
     candidates: Literal["policy", "file"] = "policy"
     """``policy``: the K responses of each rm_*.jsonl prompt are sampled from the SFT model (with PPO's
     sampling settings) and ranked by the labeller, as InstructGPT's labelers ranked model outputs, so
     the RM learns on the distribution PPO will show it; ``file``: the responses in the files as given."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, {"k": Range(2, 9)})
 
 
 @dataclass(frozen=True)
@@ -213,6 +255,22 @@ class PPOConfig(PhaseConfig):
     offload_frozen: bool = False
     """Keep the reference and reward models' weights on the CPU (ZeRO-3 param offload on GPU)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, {"critic_lr": NON_NEGATIVE, "kl_coef": NON_NEGATIVE, "target_kl": POSITIVE, "gamma": UNIT,
+                            "lam": UNIT, "clip_ratio": POSITIVE, "value_clip": POSITIVE, "ptx_coef": NON_NEGATIVE,
+                            "ppo_epochs": AT_LEAST_ONE, "temperature": POSITIVE, "top_p": UNIT_ABOVE_ZERO,
+                            "max_new_tokens": AT_LEAST_ONE})
+
+    @property
+    def schedule_steps(self) -> int:
+        """Each PPO step takes ``ppo_epochs`` optimizer steps."""
+        return self.loop.steps * self.ppo_epochs
+
+    @property
+    def _steps_text(self) -> str:
+        return "loop.steps × ppo_epochs"
+
 
 @dataclass(frozen=True)
 class OracleEvalConfig:
@@ -227,6 +285,10 @@ class OracleEvalConfig:
     top_p: float = 1.0
     seed: int = 4321
     """The sampling seed, the same for every policy evaluated."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"prompts": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "max_new_tokens": AT_LEAST_ONE,
+                            "temperature": POSITIVE, "top_p": UNIT_ABOVE_ZERO, "seed": NON_NEGATIVE})
 
 
 @dataclass(frozen=True)
@@ -252,6 +314,25 @@ class RunConfig:
         bad = [p for p in self.phases if p not in PHASES]
         if bad:
             raise ConfigError(f"phases: unknown phase {bad[0]!r}: choose from {', '.join(PHASES)}")
+        if not self.phases or list(self.phases) != sorted(set(self.phases), key=PHASES.index):
+            raise FieldError("phases", list(self.phases), f"must be distinct, in the order {', '.join(PHASES)}")
+        check_ranges(self, {"seed": NON_NEGATIVE})
+        self._check_against_model()
+
+    def _check_against_model(self) -> None:
+        """What the model's context and vocabulary bound."""
+        ctx = self.model.ctx
+        for phase in self.phases:
+            if self.phase(phase).loop.seq_len > ctx:
+                raise FieldError(f"{phase}.loop.seq_len", self.phase(phase).loop.seq_len,
+                                 f"must be in 1..{ctx} (model.ctx; raise it with --set model.ctx=N)")
+        for key, value in (("ppo.max_new_tokens", self.ppo.max_new_tokens),
+                           ("oracle_eval.max_new_tokens", self.oracle_eval.max_new_tokens)):
+            if value >= ctx:
+                raise FieldError(key, value, f"must be in 1..{ctx - 1} (below model.ctx: the prompt needs a token)")
+        if self.data.tokenizer == "train" and self.data.vocab_size > self.model.vocab:
+            raise FieldError("data.vocab_size", self.data.vocab_size,
+                             f"must be <= model.vocab {self.model.vocab} (the model needs an id for every token)")
 
     def phase(self, name: str) -> PhaseConfig:
         return getattr(self, name)

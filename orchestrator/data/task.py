@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from orchestrator.config.loader import AT_LEAST_ONE, UNIT, Range, check_ranges
 from orchestrator.data.task_words import NUMBER_WORDS, PROMPT_TEMPLATES, TOPICS
 
 TOPIC_NAMES: tuple[str, ...] = tuple(TOPICS)
@@ -54,18 +55,11 @@ class TaskConfig:
     """Rows written to each task file."""
 
     def __post_init__(self) -> None:
-        if not 2 <= self.n_topics <= len(TOPICS):
-            raise ValueError(f"task.n_topics={self.n_topics} must be in 2..{len(TOPICS)} (topics that ship)")
         smallest = min(len(words) for words in TOPICS.values())
-        if not 1 <= self.response_words <= min(len(NUMBER_WORDS), smallest):
-            raise ValueError(f"task.response_words={self.response_words} must be in "
-                             f"1..{min(len(NUMBER_WORDS), smallest)}")
-        for name in ("noise_rate", "candidate_noise_max"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"task.{name}={getattr(self, name)} must be in [0, 1]")
-        for name in ("sft_train", "sft_eval", "rm_train", "rm_eval", "ppo_train", "ppo_eval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"task.{name}={getattr(self, name)} must be >= 1")
+        check_ranges(self, {"n_topics": Range(2, len(TOPICS)), "response_words": Range(1, min(len(NUMBER_WORDS), smallest)),
+                            "noise_rate": UNIT, "candidate_noise_max": UNIT,
+                            **{name: AT_LEAST_ONE for name in ("sft_train", "sft_eval", "rm_train", "rm_eval",
+                                                               "ppo_train", "ppo_eval")}})
 
     @property
     def topics(self) -> tuple[str, ...]:

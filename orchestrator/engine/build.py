@@ -2,7 +2,8 @@
 
 ``build_runtime`` is the one place where the parallel dimensions are composed, in this order:
 
-  1. join the job and resolve the layout against the world; refuse what cannot run;
+  1. join the job and resolve the layout against the world; refuse what cannot run
+     (``plan.validate.require_runtime``, the rules ``orchestrate run`` checked before launch);
   2. the grid (``ParallelState``): DeepSpeed's (pipe, data, model) topology, Megatron's TP group
      checked against it;
   3. the model: the plain GPT with its experts dealt out over ``ep`` ranks, built on the meta
@@ -31,41 +32,15 @@ from orchestrator.engine.optim import GuardedAdamW, StepGuard, global_norm_clipp
 from orchestrator.engine.parallel import (DistributedContext, ParallelState, build_parallel_state,
                                           init_distributed)
 from orchestrator.engine.runtime import Runtime, StepResult
-from orchestrator.model.gpt import GPT, HEADS
+from orchestrator.model.gpt import GPT
 from orchestrator.model.params import init_parameters, load_plain_state, materialize
-from orchestrator.plan.layout import Layout, LayoutError
+from orchestrator.plan.layout import Layout
 from orchestrator.plan.memory import planned_bucket_elements
+from orchestrator.plan.validate import require_runtime
 
-__all__ = ["build_runtime", "init_distributed", "Runtime", "StepResult", "check_layout_for_model"]
+__all__ = ["build_runtime", "init_distributed", "Runtime", "StepResult"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_layout_for_model(config: GPTConfig, layout: Layout, *, head: str) -> None:
-    """Refuse a layout this runtime cannot run for ``config``, naming the numbers and the fix."""
-    if head not in HEADS:
-        raise ValueError(f"head={head!r}: choose one of {', '.join(HEADS)}")
-    if config.n_heads % layout.tp:
-        options = [d for d in range(1, config.n_heads + 1) if config.n_heads % d == 0]
-        raise LayoutError(f"heads {config.n_heads} not divisible by tp {layout.tp}: use tp in {options}")
-    if layout.pp > 1 and layout.zero_stage > 1:
-        raise LayoutError(f"pp={layout.pp} with ZeRO-{layout.zero_stage}: DeepSpeed's pipeline engine supports "
-                          f"ZeRO <= 1; use zero_stage 0 or 1, or pp=1")
-    if layout.pp > 1 and head != "lm":
-        raise LayoutError(f"head={head!r} with pp={layout.pp}: the reward model and critic run with pp=1")
-    if layout.ep > 1 and not config.is_moe:
-        raise LayoutError(f"ep={layout.ep} but model {config.name} has no experts: use ep=1")
-    if config.is_moe:
-        if layout.tp > 1 or layout.pp > 1:
-            raise LayoutError(f"model {config.name} has experts: MoE runs with tp=1 and pp=1 here "
-                              f"(got tp={layout.tp}, pp={layout.pp}); scale it with ep and dp")
-        if layout.zero_stage > 2:
-            raise LayoutError(f"DeepSpeed MoE supports ZeRO <= 2, got zero_stage={layout.zero_stage}")
-        if layout.dp % layout.ep or config.n_experts % layout.ep:
-            raise LayoutError(f"ep={layout.ep} must divide dp={layout.dp} and n_experts={config.n_experts}")
-    if layout.sequence_parallel:
-        raise LayoutError("sequence_parallel is not available in this runtime (Megatron-core's sequence-parallel "
-                          "collectives need CUDA): set sequence_parallel false")
 
 
 def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *, total_steps: int,
@@ -81,7 +56,7 @@ def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *
     # 1. the job and the layout
     context = init_distributed(timeout_minutes=timeout_minutes)
     layout = layout.resolve(context.world)
-    check_layout_for_model(model_config, layout, head=head)
+    require_runtime(layout, model_config, head=head)   # the validator `orchestrate run` ran before launch
     precision = precision or ("bf16" if context.device.type == "cuda" else "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")

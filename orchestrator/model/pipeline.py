@@ -102,12 +102,7 @@ def build_pipeline(config: GPTConfig, *, topology, tp_group, loss_fn: Callable[[
     """
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
-    if config.is_moe:
-        raise ValueError(f"model {config.name} has experts: pipeline parallelism with MoE is not supported "
-                         f"here; use pp=1 with ep > 1")
-    if config.n_layers < topology.get_dim("pipe"):
-        raise ValueError(f"model {config.name}: {config.n_layers} layers cannot fill pp={topology.get_dim('pipe')} "
-                         f"stages: use pp <= {config.n_layers}")
+    # build_runtime refused what this cannot build (MoE, more stages than layers): plan.validate.check_runtime
     embed = partial(TiedLayerSpec, TIED_KEY, TiedEmbedding, config, tp_group, dtype, tied_weight_attr=["wte.weight"])
     specs = [embed(), LayerSpec(Positions, config)]
     specs += [LayerSpec(PipeBlock, config, i, tp_group, dtype, recompute == "selective")

@@ -70,9 +70,6 @@ class PPO(SupervisedPhase):
 
     def setup(self, *, resuming: bool) -> None:
         cfg, ppo = self.ctx.config, self.config
-        if ppo.layout.pp > 1:
-            raise ValueError(f"ppo.layout.pp={ppo.layout.pp}: PPO samples from whole models, so it runs with pp=1 "
-                             f"(tp, dp and ZeRO are fine); the handoff reshards the SFT/RM weights")
         self.model_config = dataclasses.replace(cfg.model, dropout=0.0)
         self.load_run_tokenizer()
         self.prompts, self.data_report = load_prompts(task_dir(self.ctx) / "ppo_train.jsonl",

@@ -59,6 +59,8 @@ class Plan:
     prediction: Prediction
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    plan_only: list[str] = field(default_factory=list)
+    """Why this project's runtime cannot run the layout (empty: it can); ``orchestrate run`` refuses it."""
     ppo: bool = False
     ppo_models_gib: dict[str, float] = field(default_factory=dict)
     version: str = __version__
@@ -76,7 +78,7 @@ class Plan:
             "cpu_memory_gib_per_node": prediction.cpu_memory_gib_per_node, "step_time_s": prediction.step_time_s,
             "tokens_per_s": prediction.tokens_per_s, "mfu": prediction.mfu,
             "tflops_per_gpu": prediction.tflops_per_gpu, "days_to_train": prediction.days_to_train,
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "plan_only": list(self.plan_only),
         }
 
     def to_json(self) -> str:
@@ -121,5 +123,6 @@ def make_plan(evaluation: Evaluation, job: Job) -> Plan:
                 accounting=job.accounting, layout=layout, padded_vocab=padded_vocab(job.model.vocab, layout.tp),
                 layers_per_stage=list(layers_per_stage(job.model.n_layers, layout.pp)), train_tokens=job.train_tokens,
                 prediction=prediction, warnings=[i.message for i in evaluation.warnings],
-                notes=[i.message for i in evaluation.issues if i.severity == "note"], ppo=job.ppo,
+                notes=[i.message for i in evaluation.issues if i.severity == "note"],
+                plan_only=[i.message for i in evaluation.plan_only], ppo=job.ppo,
                 ppo_models_gib=dict(evaluation.ppo_models_gib))

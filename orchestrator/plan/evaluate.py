@@ -37,11 +37,22 @@ class Evaluation:
         return [issue for issue in self.issues if issue.severity == "error"]
 
     @property
+    def plan_only(self) -> list[Issue]:
+        """Limits of this project's runtime: the layout is priced, ``orchestrate run`` refuses it."""
+        return [issue for issue in self.issues if issue.severity == "plan_only"]
+
+    @property
+    def refusals(self) -> list[Issue]:
+        """What stops ``orchestrate run``: the errors (memory included) and the runtime's limits."""
+        return self.errors + self.plan_only
+
+    @property
     def warnings(self) -> list[Issue]:
         return [issue for issue in self.issues if issue.severity == "warning"]
 
     @property
     def ok(self) -> bool:
+        """The planner can rank it (a "plan only" layout is ranked, and marked)."""
         return not self.errors and self.time is not None
 
     @property

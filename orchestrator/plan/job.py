@@ -62,6 +62,8 @@ class Job:
     jobs) or the ZeRO paper's 2 + 2 + 12 bytes per parameter (a lower bound, for comparison)."""
     uneven_pipeline: bool = False
     """Allow pp not dividing the layers (the first stages take one more layer)."""
+    head: str = "lm"
+    """The trained model's head: "lm", or "scalar" for a reward model (this runtime runs it with pp 1)."""
     ppo: bool = False
     """Plan the four PPO models together (actor and critic trained, reference and reward frozen)."""
     offload_frozen: bool = False

@@ -41,7 +41,7 @@ class Fixed:
     offload_optimizer: bool = False
     sequence_parallel: bool = False
     """Shard LayerNorm/dropout activations over tp (Korthikanti et al. 2022) in every tp > 1 layout.
-    Off by default: this project's runtime refuses it (``engine/build.py``)."""
+    Off by default: plan only (this project's runtime refuses it, ``plan.validate.check_runtime``)."""
     max_interleave: int = 1
     """Largest interleave the search tries when ``interleave`` is not fixed."""
 

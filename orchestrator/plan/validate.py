@@ -1,8 +1,15 @@
 """Is a layout runnable for this model on this cluster? Each failure is one ``Issue`` whose
 message names the numbers and the fix.
 
-Errors make a layout unrunnable; warnings run but cost speed or rely on something the runtime
-does not do; notes report what the planner adjusted (padded vocabulary, rounded batch).
+Errors make a layout impossible; "plan only" issues are limits of this project's runtime (the
+planner can price the layout, ``orchestrate run`` and ``build_runtime`` refuse it); warnings run
+but cost speed; notes report what the planner adjusted (padded vocabulary, rounded batch).
+
+One validator: ``check_runtime`` holds every rule the model and the layout decide, and the
+runtime's limits; ``build_runtime`` calls it on each rank (``require_runtime``), and
+``check_layout`` (the planner's, which adds what needs the cluster, the batch and the sequence)
+calls it too, so ``orchestrate plan``, ``orchestrate run`` (before any process starts) and the
+rank refuse with the same words.
 Sources: Megatron's grid world = tp · pp · dp (Narayanan et al. 2021, §3); DeepSpeed's limits
 (its ``PipelineEngine`` asserts ZeRO < 2, its engine refuses native MoE under ZeRO-3); the 1F1B
 schedule needs at least pp micro-batches to fill the pipeline (Narayanan et al. 2021, §2.2.1).
@@ -10,15 +17,19 @@ schedule needs at least pp micro-batches to fill the pipeline (Narayanan et al. 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, Literal
 
+from orchestrator.config.model import GPTConfig
 from orchestrator.plan.job import BATCH_TOLERANCE, Job
-from orchestrator.plan.layout import Layout
+from orchestrator.plan.layout import Layout, LayoutError
 from orchestrator.plan.partition import layers_per_stage, padded_vocab
 
-Severity = Literal["error", "warning", "note"]
+Severity = Literal["error", "plan_only", "warning", "note"]
+HEADS = ("lm", "scalar")
+"""The model's output heads: next-token logits, or one value per position (reward model, critic)."""
 RECOMPUTE = ("none", "selective", "full")
 
 
@@ -30,7 +41,7 @@ class Issue:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.severity}: {self.message}"
+        return f"{self.severity.replace('_', ' ')}: {self.message}"
 
 
 def error(code: str, message: str) -> Issue:
@@ -43,6 +54,11 @@ def warning(code: str, message: str) -> Issue:
 
 def note(code: str, message: str) -> Issue:
     return Issue("note", code, message)
+
+
+def plan_only(code: str, message: str) -> Issue:
+    """A layout the planner can price but this project's runtime cannot run."""
+    return Issue("plan_only", code, message)
 
 
 @lru_cache(maxsize=1024)
@@ -61,26 +77,72 @@ def _names(values: list[int]) -> str:
 
 
 def check_layout(layout: Layout, job: Job) -> list[Issue]:
-    """Every issue of ``layout`` (grad_accum already filled) for ``job``; errors first."""
-    basic = list(_check_ranges(layout, job))
+    """Every issue of ``layout`` (grad_accum already filled) for ``job``; errors first.
+
+    ``check_runtime``'s rules for the model and the layout, plus what needs the cluster (world,
+    tp across nodes), the batch and the sequence length.
+    """
+    basic = [*_check_ranges(layout), *_check_seq_range(job)]
     if basic:  # degrees below 1 would make the other checks divide by zero
         return basic
-    issues = [*_check_world(layout, job), *_check_tensor(layout, job), *_check_pipeline(layout, job),
-              *_check_experts(layout, job), *_check_zero(layout, job), *_check_batch(layout, job),
+    issues = [*_check_world(layout, job), *check_runtime(layout, job.model, head=job.head, ppo=job.ppo),
+              *_check_tensor_cluster(layout, job), *_check_pipeline_split(layout, job), *_check_batch(layout, job),
               *_check_sequence(layout, job)]
-    order = {"error": 0, "warning": 1, "note": 2}
+    return _ordered(issues)
+
+
+def check_runtime(layout: Layout, model: GPTConfig, *, head: str = "lm", ppo: bool = False) -> list[Issue]:
+    """What the model and the (resolved) layout alone decide: errors, and "plan only" limits of
+    this project's runtime (sequence parallelism, interleaving, MoE with tp or pp > 1, a scalar
+    head under pp > 1). The rank calls it through ``require_runtime``."""
+    basic = list(_check_ranges(layout))
+    if head not in HEADS:
+        basic.append(error("head", f"head {head!r}: choose one of {', '.join(HEADS)}"))
+    if basic:
+        return basic
+    issues = [*_check_tensor(layout, model), *_check_pipeline(layout, model, head=head, ppo=ppo),
+              *_check_experts(layout, model), *_check_zero(layout, model)]
+    return _ordered(issues)
+
+
+def runtime_refusals(issues: list[Issue]) -> list[Issue]:
+    """What stops a run: errors and the runtime's limits."""
+    return [issue for issue in issues if issue.severity in ("error", "plan_only")]
+
+
+def require_runtime(layout: Layout, model: GPTConfig, *, head: str = "lm") -> None:
+    """Raise ``LayoutError`` with every reason this runtime cannot run ``layout`` for ``model``."""
+    refusals = runtime_refusals(check_runtime(layout, model, head=head))
+    if refusals:
+        raise LayoutError("; ".join(issue.message for issue in refusals))
+
+
+def _ordered(issues: list[Issue]) -> list[Issue]:
+    order = {"error": 0, "plan_only": 1, "warning": 2, "note": 3}
     return sorted(issues, key=lambda issue: order[issue.severity])
 
 
-def _check_ranges(layout: Layout, job: Job) -> Iterator[Issue]:
+def _check_ranges(layout: Layout) -> Iterator[Issue]:
+    for name, value, valid in layout_range_errors(layout):
+        yield error("range", f"{name} {value!r} {valid}")
+
+
+def layout_range_errors(layout: Layout) -> list[tuple[str, object, str]]:
+    """(field, value, valid range) of each layout field out of range; a run config reports them
+    under their dotted key (``pretrain.layout.tp``)."""
+    found = []
     for name in ("tp", "pp", "dp", "ep", "micro_batch", "grad_accum", "interleave"):
         value = getattr(layout, name)
-        if not isinstance(value, int) or value < 1:
-            yield error("range", f"{name} {value!r} must be an integer >= 1")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            found.append((name, value, "must be an integer >= 1" + (" (or dp -1: the rest)" if name == "dp" else "")))
     if layout.zero_stage not in (0, 1, 2, 3):
-        yield error("range", f"zero stage {layout.zero_stage!r} must be 0, 1, 2 or 3")
+        found.append(("zero_stage", layout.zero_stage, "must be 0, 1, 2 or 3"))
     if layout.recompute not in RECOMPUTE:
-        yield error("range", f"recompute {layout.recompute!r} must be one of {', '.join(RECOMPUTE)}")
+        found.append(("recompute", layout.recompute, f"must be one of {', '.join(RECOMPUTE)}"))
+    return found
+
+
+def _check_seq_range(job: Job) -> Iterator[Issue]:
     if job.seq < 1:
         yield error("range", f"sequence length {job.seq} must be >= 1")
 
@@ -93,14 +155,21 @@ def _check_world(layout: Layout, job: Job) -> Iterator[Issue]:
                              f"(={layout.world}): {fix}")
 
 
-def _check_tensor(layout: Layout, job: Job) -> Iterator[Issue]:
-    model, tp, per_node = job.model, layout.tp, job.cluster.gpus_per_node
+def _check_tensor(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
+    tp, valid = layout.tp, _names(divisors(math.gcd(model.n_heads, model.d_ffn)))  # tp splits heads and the MLP
     if model.n_heads % tp:
-        valid = [t for t in divisors(model.n_heads) if t <= max(per_node, 1)]
-        yield error("heads_tp", f"heads {model.n_heads} not divisible by tp {tp}: use tp ∈ {_names(valid)}")
+        yield error("heads_tp", f"heads {model.n_heads} not divisible by tp {tp}: use tp ∈ {valid}")
     if model.d_ffn % tp:
-        yield error("ffn_tp", f"MLP width {model.d_ffn} not divisible by tp {tp}: use tp ∈ "
-                              f"{_names([t for t in divisors(model.d_ffn) if t <= per_node])}")
+        yield error("ffn_tp", f"MLP width {model.d_ffn} not divisible by tp {tp}: use tp ∈ {valid}")
+    if layout.sequence_parallel and tp == 1:
+        yield warning("sp_tp1", "sequence_parallel has no effect with tp 1")
+    elif layout.sequence_parallel:
+        yield plan_only("runtime_sp", "sequence parallel: this project's runtime does not run it (Megatron-core's "
+                                      "sequence-parallel collectives need CUDA): set sequence_parallel false")
+
+
+def _check_tensor_cluster(layout: Layout, job: Job) -> Iterator[Issue]:
+    model, tp, per_node = job.model, layout.tp, job.cluster.gpus_per_node
     if tp > per_node:
         yield warning("tp_nodes", f"tp {tp} > {per_node} GPUs per node: tensor-parallel all-reduces cross "
                                   f"nodes at {job.cluster.device.internode_bandwidth / 1e9:g} GB/s; use tp ≤ {per_node}")
@@ -110,34 +179,38 @@ def _check_tensor(layout: Layout, job: Job) -> Iterator[Issue]:
     if tp > 1 and model.vocab % tp:
         yield note("vocab_pad", f"vocab {model.vocab} padded to {padded_vocab(model.vocab, tp)} "
                                 f"(a multiple of tp {tp}) for the vocab-parallel embedding")
-    if layout.sequence_parallel and tp == 1:
-        yield warning("sp_tp1", "sequence_parallel has no effect with tp 1")
-    elif layout.sequence_parallel:
-        yield warning("runtime_sp", "sequence parallel: this project's runtime does not run it yet "
-                                    "(engine/build.py refuses it); the plan needs a Megatron-style runtime")
 
 
-def _check_pipeline(layout: Layout, job: Job) -> Iterator[Issue]:
-    layers, pp, v = job.model.n_layers, layout.pp, layout.interleave
+def _check_pipeline(layout: Layout, model: GPTConfig, *, head: str, ppo: bool) -> Iterator[Issue]:
+    layers, pp, v = model.n_layers, layout.pp, layout.interleave
     if pp > layers:
         yield error("pp_layers", f"pp {pp} > {layers} layers: a stage would be empty; use pp ≤ {layers}")
         return
-    if layers % pp:
-        even = [p for p in divisors(layers) if p <= job.world]
-        if job.uneven_pipeline:
-            yield note("pp_uneven", f"{layers} layers over pp {pp}: stages hold {list(layers_per_stage(layers, pp))}")
-        else:
-            yield error("pp_layers", f"layers {layers} not divisible by pp {pp}: use pp ∈ {_names(even)} "
-                                     f"or allow uneven stages (--uneven-pipeline)")
     if v > 1:
-        yield from _check_interleave(layout, job)
-    if job.ppo and pp > 1:
+        yield from _check_interleave(layout, model)
+    if ppo and pp > 1:
         yield error("ppo_pp", f"PPO needs whole models on each rank for rollouts: pp {pp} is not supported; "
                               f"use pp 1 with tp or ZeRO-3 to fit the four models")
+    elif head != "lm" and pp > 1:
+        yield plan_only("runtime_head_pp", f"head {head!r} with pp {pp}: this runtime's pipeline carries the LM "
+                                           f"loss only, so the reward model and critic run with pp 1: use pp 1 "
+                                           f"(tp, dp and ZeRO are fine)")
 
 
-def _check_interleave(layout: Layout, job: Job) -> Iterator[Issue]:
-    layers, pp, v = job.model.n_layers, layout.pp, layout.interleave
+def _check_pipeline_split(layout: Layout, job: Job) -> Iterator[Issue]:
+    layers, pp = job.model.n_layers, layout.pp
+    if pp > layers or not layers % pp:
+        return
+    if job.uneven_pipeline:
+        yield note("pp_uneven", f"{layers} layers over pp {pp}: stages hold {list(layers_per_stage(layers, pp))}")
+    else:
+        even = [p for p in divisors(layers) if p <= job.world]
+        yield error("pp_layers", f"layers {layers} not divisible by pp {pp}: use pp ∈ {_names(even)} "
+                                 f"or allow uneven stages (--uneven-pipeline)")
+
+
+def _check_interleave(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
+    layers, pp, v = model.n_layers, layout.pp, layout.interleave
     if pp == 1:
         yield error("interleave", f"interleave {v} needs pp > 1 (virtual stages are pieces of a pipeline)")
         return
@@ -148,12 +221,12 @@ def _check_interleave(layout: Layout, job: Job) -> Iterator[Issue]:
     if layout.grad_accum % pp:
         yield error("interleave", f"the interleaved schedule needs micro-batches {layout.grad_accum} to be a "
                                   f"multiple of pp {pp}: change the global batch or micro-batch")
-    yield warning("interleave_ds", f"interleave {v} is Megatron-LM's interleaved 1F1B; DeepSpeed's pipeline "
-                                   f"engine runs plain 1F1B, so a DeepSpeed run gets the interleave-1 bubble")
+    yield plan_only("runtime_interleave", f"interleave {v} is Megatron-LM's interleaved 1F1B; DeepSpeed's pipeline "
+                                          f"engine, which this runtime uses, runs plain 1F1B: set interleave 1")
 
 
-def _check_experts(layout: Layout, job: Job) -> Iterator[Issue]:
-    model, ep, dp = job.model, layout.ep, layout.dp
+def _check_experts(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
+    ep, dp = layout.ep, layout.dp
     if not model.is_moe:
         if ep > 1:
             yield error("ep_dense", f"ep {ep} but model {model.name} has no experts: use ep 1")
@@ -165,16 +238,16 @@ def _check_experts(layout: Layout, job: Job) -> Iterator[Issue]:
         valid = [e for e in divisors(model.n_experts) if dp % e == 0]
         yield error("ep_dp", f"ep {ep} is carved out of dp {dp} and must divide it: use ep ∈ {_names(valid)}")
     if layout.tp > 1 or layout.pp > 1:
-        yield warning("runtime_moe", f"MoE with tp {layout.tp} and pp {layout.pp}: this project's runtime runs "
-                                     f"experts with tp 1 and pp 1 only (engine/build.py)")
+        yield plan_only("runtime_moe", f"model {model.name} has experts: this runtime runs MoE with tp 1 and pp 1 "
+                                       f"(got tp {layout.tp}, pp {layout.pp}); scale it with ep and dp")
 
 
-def _check_zero(layout: Layout, job: Job) -> Iterator[Issue]:
+def _check_zero(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
     zero = layout.zero_stage
     if layout.pp > 1 and zero > 1:
         yield error("zero_pp", f"DeepSpeed's pipeline engine allows ZeRO ≤ 1 (got zero {zero} with pp "
                                f"{layout.pp}): use zero 0 or 1, or pp 1")
-    if job.model.is_moe and zero > 2:
+    if model.is_moe and zero > 2:
         yield error("zero_moe", f"DeepSpeed MoE allows ZeRO ≤ 2 (got zero {zero}): use zero 2 "
                                 f"with ep to shard the experts")
     if layout.offload_optimizer and zero == 0:

@@ -25,7 +25,7 @@ from orchestrator.engine.launch import (ENTRY_MODULE, LaunchPlan, Target, accele
 from orchestrator.handoff.hashing import atomic_write_text
 from orchestrator.plan.job import BatchTarget, Job
 from orchestrator.plan.layout import Layout, LayoutError
-from orchestrator.plan.validate import check_layout
+from orchestrator.plan.evaluate import Evaluation, evaluate
 
 RUN_CONFIG = "run_config.yaml"
 DEEPSPEED_ENV = ".deepspeed_env"
@@ -46,32 +46,44 @@ class PhaseJob:
     """The planner's warnings for this layout (it runs, but slower than it could)."""
 
 
+PHASE_HEADS = {"pretrain": "lm", "sft": "lm", "reward": "scalar", "ppo": "lm"}
+"""The head each phase trains (PPO's critic is a scalar head too: the PPO plan counts four models)."""
+
+
 def planner_job(config: RunConfig, *, phase: str, layout: Layout) -> Job:
-    """The planner's view of one phase: its model, cluster, sequence, batch and precision."""
+    """The planner's view of one phase: its model, cluster, sequence, batch, precision and head."""
     cluster = Cluster(device=get_device(config.cluster.gpu), nodes=config.cluster.nodes,
                       gpus_per_node=config.cluster.gpus_per_node)
     return Job(model=config.model, cluster=cluster, seq=config.phase(phase).loop.seq_len,
                batch=BatchTarget(sequences=layout.global_batch), precision=phase_precision(config),
-               ppo=phase == "ppo", offload_frozen=config.ppo.offload_frozen)
+               head=PHASE_HEADS[phase], ppo=phase == "ppo", offload_frozen=config.ppo.offload_frozen)
+
+
+def judge_phase(config: RunConfig, phase: str) -> Evaluation:
+    """One phase's layout resolved against the cluster's world and judged as ``orchestrate plan``
+    judges fixed degrees: the validator (``plan.validate.check_layout``, which runs the rank's own
+    ``check_runtime``) and the memory plan of its heaviest stage (all four models for PPO)."""
+    layout = config.phase(phase).layout.resolve(config.cluster.world)
+    return evaluate(layout, planner_job(config, phase=phase, layout=layout))
 
 
 def resolve_layouts(config: RunConfig) -> tuple[dict[str, Layout], dict[str, list[str]]]:
-    """Every phase's layout resolved against the cluster's world and checked by the planner's
-    validator (``orchestrator.plan.validate``); all errors reported at once, warnings returned."""
+    """Every phase's layout, judged before any process starts: errors, this runtime's limits
+    ("plan only" for the planner) and memory that does not fit stop the run, all reported at once;
+    warnings are returned."""
     world, layouts, problems, warnings = config.cluster.world, {}, [], {}
     for phase in config.phases:
         try:
-            layout = config.phase(phase).layout.resolve(world)
-            issues = check_layout(layout, planner_job(config, phase=phase, layout=layout))
+            evaluation = judge_phase(config, phase)
         except (LayoutError, ValueError) as err:
             problems.append(f"{phase}.layout: {err}")
             continue
-        problems += [f"{phase}.layout: {issue.message}" for issue in issues if issue.severity == "error"]
-        warnings[phase] = [issue.message for issue in issues if issue.severity == "warning"]
-        layouts[phase] = layout
+        problems += [f"{phase}.layout: {issue.message}" for issue in evaluation.refusals]
+        warnings[phase] = [issue.message for issue in evaluation.warnings]
+        layouts[phase] = evaluation.layout
     if problems:
         raise LayoutError(f"cluster world {world} (nodes {config.cluster.nodes} × gpus_per_node "
-                          f"{config.cluster.gpus_per_node}): " + "; ".join(problems))
+                          f"{config.cluster.gpus_per_node}, gpu {config.cluster.gpu}):\n  " + "\n  ".join(problems))
     return layouts, warnings
 
 

@@ -40,8 +40,9 @@ PHASE_SETS = (
     "pretrain.layout.micro_batch=4", "pretrain.optim.warmup_steps=2",
     "pretrain.loop.steps=24", "pretrain.loop.seq_len=64", "pretrain.loop.save_every=4",
     "pretrain.loop.eval_every=12", "pretrain.loop.log_every=1", "pretrain.loop.eval_batches=2",
-    "sft.layout.micro_batch=4", "sft.loop.steps=3", "sft.loop.log_every=1", "sft.loop.eval_batches=2",
-    "reward.layout.micro_batch=2", "reward.loop.steps=3", "reward.loop.log_every=1",
+    "sft.layout.micro_batch=4", "sft.optim.warmup_steps=1", "sft.loop.steps=3", "sft.loop.log_every=1",
+    "sft.loop.eval_batches=2",
+    "reward.layout.micro_batch=2", "reward.optim.warmup_steps=1", "reward.loop.steps=3", "reward.loop.log_every=1",
     "ppo.layout.micro_batch=4", "ppo.loop.steps=2", "ppo.loop.log_every=1", "ppo.loop.seq_len=64",
     "ppo.ptx_coef=27.8",  # InstructGPT's γ_ptx: the real run goes through the PPO-ptx path
     "oracle_eval.prompts=8", "oracle_eval.batch_size=8",

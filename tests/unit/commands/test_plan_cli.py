@@ -107,3 +107,14 @@ def test_config_refuses_when_nothing_fits(tmp_path, capsys):
 def test_the_makefile_smoke_command_runs_as_a_process(argv):
     out = subprocess.run([sys.executable, "-m", "orchestrator", *argv], capture_output=True, text=True, check=True)
     assert "gpt3-175b" in out.stdout
+
+
+def test_layouts_the_runtime_cannot_run_are_ranked_and_marked_plan_only(capsys):
+    code, out, _ = run(["plan", *GPT3, "--sequence-parallel", "--top", "2"], capsys)
+    assert code == 0 and out.count("sp (plan only)") == 2
+    assert "plan only: this project's runtime cannot run these layouts (orchestrate run refuses them):\n  #1, #2: " \
+           "sequence parallel" in out
+    code, out, _ = run(["plan", *GPT3, "--sequence-parallel", "--top", "1", "--json"], capsys)
+    assert json.loads(out)[0]["plan_only"][0].startswith("sequence parallel: this project's runtime does not run it")
+    code, out, _ = run(["plan", *GPT3, "--top", "1", "--json"], capsys)
+    assert json.loads(out)[0]["plan_only"] == []

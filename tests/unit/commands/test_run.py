@@ -26,7 +26,8 @@ STAND_IN = "phase_stand_in"  # tests/unit/commands/phase_stand_in.py, on PYTHONP
 def recipe(tmp_path, launcher="torchrun", **extra):
     data = {"name": "t", "run_dir": str(tmp_path / "run"), "model": "tiny",
             "launch": {"launcher": launcher, "master_port": free_port(), "env": {"PYTHONPATH": str(HERE)}},
-            **{p: {"loop": {"steps": 4, "save_every": 2, "eval_every": 2}} for p in ("pretrain", "sft", "reward", "ppo")}}
+            **{p: {"optim": {"warmup_steps": 1}, "loop": {"steps": 4, "save_every": 2, "eval_every": 2}}
+               for p in ("pretrain", "sft", "reward", "ppo")}}
     data.update(extra)
     return data
 

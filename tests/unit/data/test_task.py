@@ -90,9 +90,9 @@ def test_task_options_change_the_task():
 
 
 def test_bad_task_options_are_refused_with_the_range():
-    with pytest.raises(ValueError, match=r"task.response_words=13 must be in 1..12"):
+    with pytest.raises(ValueError, match=r"response_words=13: must be in 1..12"):
         TaskConfig(response_words=13)
-    with pytest.raises(ValueError, match=r"task.noise_rate=1.5"):
+    with pytest.raises(ValueError, match=r"noise_rate=1.5: must be in \[0, 1\]"):
         TaskConfig(noise_rate=1.5)
 
 

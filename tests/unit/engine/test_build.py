@@ -9,7 +9,7 @@ import torch
 
 from orchestrator.config.model import get_model
 from orchestrator.config.run import OptimConfig
-from orchestrator.engine.build import build_runtime, check_layout_for_model, init_distributed
+from orchestrator.engine.build import build_runtime, init_distributed
 from orchestrator.model.attention import KVCache
 from orchestrator.plan.layout import Layout, LayoutError
 from orchestrator.plan.memory import planned_bucket_elements
@@ -151,13 +151,13 @@ def test_wrong_number_of_micro_batches_is_refused():
         runtime().train_step(batches(3))
 
 
-@pytest.mark.parametrize("preset,layout,message", [
-    ("tiny", Layout(tp=3, dp=1), r"heads 4 not divisible by tp 3: use tp in \[1, 2, 4\]"),
-    ("tiny", Layout(pp=2, dp=1, zero_stage=2), "supports ZeRO <= 1"),
-    ("tiny-moe", Layout(tp=2, dp=1), "MoE runs with tp=1 and pp=1"),
-    ("tiny", Layout(ep=2, dp=2), "has no experts: use ep=1"),
-    ("tiny-moe", Layout(ep=2, dp=2, zero_stage=3), "ZeRO <= 2"),
+@pytest.mark.parametrize("preset,layout,head,message", [
+    ("tiny", Layout(zero_stage=0, offload_optimizer=True), "lm", "optimizer offload needs ZeRO ≥ 1"),
+    ("tiny", Layout(interleave=2), "lm", "interleave 2 needs pp > 1"),
+    ("tiny", Layout(), "value", "head 'value': choose one of lm, scalar"),
 ])
-def test_layouts_this_runtime_cannot_run_are_refused_with_the_fix(preset, layout, message):
+def test_build_runtime_refuses_what_the_runtime_validator_refuses_before_building(preset, layout, head, message):
+    """The rank runs ``plan.validate.require_runtime``, the rules ``orchestrate run`` checked before launch
+    (every rule is tested in tests/unit/plan/test_validate.py)."""
     with pytest.raises(LayoutError, match=message):
-        check_layout_for_model(get_model(preset), layout, head="lm")
+        runtime(preset, layout=layout, head=head)

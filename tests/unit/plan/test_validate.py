@@ -1,5 +1,6 @@
 """Every bad layout gets its own clear message (numbers and fix), never a traceback."""
 import dataclasses
+import re
 
 import pytest
 
@@ -7,8 +8,8 @@ from orchestrator.config.cluster import make_cluster
 from orchestrator.config.model import get_model
 from orchestrator.plan.evaluate import evaluate
 from orchestrator.plan.job import BatchTarget, Job
-from orchestrator.plan.layout import Layout
-from orchestrator.plan.validate import check_layout, fill_grad_accum
+from orchestrator.plan.layout import Layout, LayoutError
+from orchestrator.plan.validate import check_layout, check_runtime, fill_grad_accum, require_runtime
 
 
 def job(model="gpt3-175b", gpus=1024, batch=1536, **kw):
@@ -17,12 +18,12 @@ def job(model="gpt3-175b", gpus=1024, batch=1536, **kw):
                batch=BatchTarget(batch), **kw)
 
 
-GOOD = Layout(tp=8, pp=16, dp=8, zero_stage=1, micro_batch=1, recompute="full", sequence_parallel=True)
+GOOD = Layout(tp=8, pp=16, dp=8, zero_stage=1, micro_batch=1, recompute="full")
 
 # (case, job, layout changes, code, fragments the message must contain)
 BAD = [
     ("world", job(), dict(dp=2), "world", ["world 1024 != tp 8 × pp 16 × dp 2 (=256)", "use dp 8"]),
-    ("heads", job(), dict(tp=5, dp=12), "heads_tp", ["heads 96 not divisible by tp 5", "{1, 2, 3, 4, 6, 8}"]),
+    ("heads", job(), dict(tp=5, dp=12), "heads_tp", ["heads 96 not divisible by tp 5", "{1, 2, 3, 4, 6, 8, 12"]),
     ("pp over layers", job(), dict(pp=128, tp=8, dp=1), "pp_layers", ["pp 128 > 96 layers"]),
     ("pp uneven", job(model="gpt3-13b", gpus=64, batch=512), dict(tp=8, pp=3, dp=2, micro_batch=1, recompute="full"),
      "pp_layers", ["layers 40 not divisible by pp 3", "--uneven-pipeline"]),
@@ -43,7 +44,7 @@ BAD = [
     ("seq over ctx", job(seq=4096), dict(), "seq_ctx", ["sequence 4096 > model context 2048"]),
     ("ppo with pp", job(ppo=True), dict(), "ppo_pp", ["PPO needs whole models", "pp 16"]),
     ("bad recompute", job(), dict(recompute="most"), "range", ["recompute 'most'"]),
-    ("zero out of range", job(), dict(zero_stage=4), "range", ["zero stage 4"]),
+    ("zero out of range", job(), dict(zero_stage=4), "range", ["zero_stage 4 must be 0, 1, 2 or 3"]),
     ("zero degree", job(), dict(tp=0), "range", ["tp 0 must be an integer >= 1"]),
     ("memory", job(gpus=8, batch=8), dict(tp=8, pp=1, dp=1, zero_stage=0), "memory", ["GiB per GPU", "usable"]),
 ]
@@ -100,3 +101,51 @@ def test_deepspeed_moe_accepts_zero_2_with_expert_parallelism():
     the_job = job(model="tiny-moe", gpus=8, batch=8, seq=128)
     layout = Layout(tp=1, pp=1, dp=8, ep=4, zero_stage=2, micro_batch=1)
     assert evaluate(layout, the_job).ok
+
+
+# (case, model, layout, head, code, fragment): what this runtime cannot run although the planner prices it
+PLAN_ONLY = [
+    ("sequence parallel", "gpt3-175b", dict(sequence_parallel=True), "lm", "runtime_sp", "set sequence_parallel false"),
+    ("interleave", "gpt3-175b", dict(interleave=2, grad_accum=192), "lm", "runtime_interleave", "set interleave 1"),
+    ("moe with tp", "gpt4-moe", dict(tp=8, pp=1, dp=128, ep=16, zero_stage=1), "lm", "runtime_moe",
+     "runs MoE with tp 1 and pp 1 (got tp 8, pp 1)"),
+    ("moe with pp", "gpt4-moe", dict(tp=1, pp=8, dp=128, ep=16), "lm", "runtime_moe", "(got tp 1, pp 8)"),
+    ("reward model with pp", "gpt3-175b", dict(), "scalar", "runtime_head_pp", "head 'scalar' with pp 16"),
+]
+
+
+@pytest.mark.parametrize("case,model,changes,head,code,fragment", PLAN_ONLY, ids=[c[0] for c in PLAN_ONLY])
+def test_runtime_limits_are_plan_only_for_the_planner_and_refused_on_the_rank(case, model, changes, head, code,
+                                                                              fragment):
+    layout = dataclasses.replace(GOOD, **changes)
+    issues = check_runtime(layout, get_model(model), head=head)
+    assert [(i.severity, i.code) for i in issues if i.code == code] == [("plan_only", code)]
+    assert fragment in next(i.message for i in issues if i.code == code)
+    with pytest.raises(LayoutError, match=re.escape(fragment)):
+        require_runtime(layout, get_model(model), head=head)
+
+
+def test_a_plan_only_layout_is_ranked_by_the_search_and_marked():
+    the_job = job(gpus=1024, batch=1536)
+    evaluation = evaluate(dataclasses.replace(GOOD, sequence_parallel=True), the_job)
+    assert evaluation.ok and not evaluation.errors
+    assert [i.code for i in evaluation.plan_only] == ["runtime_sp"] and evaluation.refusals == evaluation.plan_only
+
+
+def test_ppo_with_pp_is_an_error_for_the_planner_as_well():
+    layout = dataclasses.replace(GOOD)
+    issues = check_runtime(layout, get_model("gpt3-175b"), ppo=True)
+    assert [(i.severity, i.code) for i in issues if i.severity == "error"] == [("error", "ppo_pp")]
+
+
+@pytest.mark.parametrize("preset,layout,message", [
+    ("tiny", Layout(tp=3, dp=1), r"heads 4 not divisible by tp 3: use tp ∈ \{1, 2, 4\}"),
+    ("tiny", Layout(pp=2, dp=1, zero_stage=2), "pipeline engine allows ZeRO ≤ 1"),
+    ("tiny", Layout(pp=3, dp=1), "pp 3 > 2 layers"),
+    ("tiny", Layout(ep=2, dp=2), "has no experts: use ep 1"),
+    ("tiny-moe", Layout(ep=2, dp=2, zero_stage=3), "ZeRO ≤ 2"),
+    ("tiny-moe", Layout(ep=3, dp=3), "experts 4 not divisible by ep 3"),
+])
+def test_the_rank_refuses_every_rule_the_model_and_layout_decide(preset, layout, message):
+    with pytest.raises(LayoutError, match=message):
+        require_runtime(layout, get_model(preset))
