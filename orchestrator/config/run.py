@@ -159,6 +159,16 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """How responses are sampled from a policy: temperature, then nucleus (top-p, Holtzman et al.
+    2020), at most ``max_new_tokens`` (stopping at EOS)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+
+
+@dataclass(frozen=True)
 class PhaseConfig:
     """What every phase has: a layout, an optimizer and a loop."""
 
@@ -183,9 +193,12 @@ class RewardConfig(PhaseConfig):
     k: int = 4
     """Responses ranked per prompt (InstructGPT: 4 to 9)."""
     candidates: Literal["policy", "file"] = "policy"
-    """``policy``: the K responses of each rm_*.jsonl prompt are sampled from the SFT model (with PPO's
-    sampling settings) and ranked by the labeller, as InstructGPT's labelers ranked model outputs, so
+    """``policy``: the K responses of each rm_*.jsonl prompt are sampled from the SFT model (with
+    ``sampling``) and ranked by the labeller, as InstructGPT's labelers ranked model outputs, so
     the RM learns on the distribution PPO will show it; ``file``: the responses in the files as given."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How the policy candidates are sampled; the defaults are PPO's (``ppo.temperature``,
+    ``ppo.top_p``, ``ppo.max_new_tokens``): keep the two alike so the RM is trained on what PPO samples."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +225,11 @@ class PPOConfig(PhaseConfig):
     max_new_tokens: int = 16
     offload_frozen: bool = False
     """Keep the reference and reward models' weights on the CPU (ZeRO-3 param offload on GPU)."""
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The rollouts' sampling settings (``temperature``, ``top_p``, ``max_new_tokens``)."""
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
 
 
 @dataclass(frozen=True)

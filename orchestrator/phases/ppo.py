@@ -150,12 +150,13 @@ class PPO(Phase):
         model.eval()
         generator = sampling_generator(seed=derived_seed(self.ctx.config.seed, step, index, self.ctx.rank),
                                        device=actor.device)
+        sampling = self.config.sampling
         try:
             return sample(model, input_ids=prompts["input_ids"].to(actor.device),
                           attention_mask=prompts["attention_mask"].to(actor.device),
-                          max_new_tokens=self.config.max_new_tokens, eos_id=self.tokenizer.eos_id,
-                          pad_id=self.tokenizer.pad_id, temperature=self.config.temperature,
-                          top_p=self.config.top_p, generator=generator)
+                          max_new_tokens=sampling.max_new_tokens, eos_id=self.tokenizer.eos_id,
+                          pad_id=self.tokenizer.pad_id, temperature=sampling.temperature,
+                          top_p=sampling.top_p, generator=generator)
         finally:
             model.train()
 

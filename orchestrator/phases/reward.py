@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from orchestrator.config.run import SamplingConfig
 from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.rlhf import collate_rm, load_rm
 from orchestrator.model.params import initial_value, plain_parameter_shapes
@@ -46,7 +47,7 @@ def with_scalar_head(state: dict, *, config, seed: int) -> dict:
 
 
 def write_policy_rankings(model, *, prompts: list[str], out: Path, k: int, tokenizer, eos_id: int, pad_id: int,
-                          sampling, seed: int, batch_prompts: int = 32) -> None:
+                          sampling: SamplingConfig, seed: int, batch_prompts: int = 32) -> None:
     """K samples per prompt from ``model``, ranked best first by the task's labeller, as RM JSONL.
 
     Written atomically, so a resumed reward phase reads the same rankings instead of sampling again.
@@ -104,7 +105,7 @@ class Reward(SupervisedPhase):
                 prompts = [json.loads(line)["prompt"] for line in given[split].read_text().splitlines() if line.strip()]
                 write_policy_rankings(model, prompts=prompts, out=path, k=self.config.k, tokenizer=self.tokenizer.hf(),
                                       eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                                      sampling=self.ctx.config.ppo, seed=self.ctx.config.seed + index)
+                                      sampling=self.config.sampling, seed=self.ctx.config.seed + index)
         outputs.barrier()
         return files
 
