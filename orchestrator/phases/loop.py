@@ -12,8 +12,9 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
-from orchestrator.config.cluster import get_device
+from orchestrator.engine.peak import MFUMeter
 from orchestrator.phases import checkpointing, outputs
 from orchestrator.phases.context import PhaseContext
 from orchestrator.phases.tracking import MetricsLog
@@ -119,6 +120,7 @@ def run(phase: Phase) -> dict[str, float]:
 def _train(phase: Phase, log: MetricsLog, *, start: int, skipped: int) -> None:
     ctx, loop = phase.ctx, phase.config.loop
     bad_in_row, skipped_total = 0, skipped
+    meter = _mfu_meter(phase)
     progress = _progress(ctx, start=start, total=loop.steps, name=phase.name)
     window_tokens, window_start = 0, time.perf_counter()
     for step in range(start + 1, loop.steps + 1):
@@ -128,7 +130,7 @@ def _train(phase: Phase, log: MetricsLog, *, start: int, skipped: int) -> None:
         window_tokens += outcome.tokens
         if step % loop.log_every == 0 or step == loop.steps:
             elapsed = time.perf_counter() - window_start
-            rates = _rates(phase, window_tokens, elapsed)
+            rates = _rates(phase, window_tokens, elapsed, meter)
             log.log("train", step, loss=outcome.loss, skipped_steps=skipped_total, **rates, **outcome.metrics)
             _advance(progress, step, outcome.loss, rates)
             window_tokens, window_start = 0, time.perf_counter()
@@ -153,15 +155,29 @@ def _count_bad(outcome: StepOutcome, step: int, bad_in_row: int, skipped_total: 
     return bad_in_row, skipped_total + 1
 
 
-def _rates(phase: Phase, tokens: int, seconds: float) -> dict[str, float]:
-    """tokens/s and model-FLOPs utilisation (Chowdhery et al. 2022, App. B) against the preset's peak.
+def _mfu_meter(phase: Phase) -> Optional[MFUMeter]:
+    """Rank 0's MFU meter against the measured matmul peak of the runtime's device and precision
+    (``engine.peak``; cached per machine). The other ranks wait, so a CPU probe has the cores to itself.
 
-    CPU ranks share one machine, so its peak counts once; GPU ranks each bring their own.
+    CPU ranks of a node share one machine, so its peak counts once per node; GPU ranks each bring their own.
     """
-    device = get_device(phase.ctx.config.cluster.gpu)
+    ctx, meter = phase.ctx, None
+    if ctx.is_main:
+        runtime = phase.exported_runtime()
+        devices = ctx.world if runtime.device.type == "cuda" else ctx.config.cluster.nodes
+        meter = MFUMeter(dtype=runtime.dtype, device=runtime.device, devices=devices,
+                         report=lambda message: print(f"{phase.name}: {message}", flush=True))
+        print(f"{phase.name}: {meter.describe()}", flush=True)
+    outputs.barrier()
+    return meter
+
+
+def _rates(phase: Phase, tokens: int, seconds: float, meter: Optional[MFUMeter]) -> dict[str, float]:
+    """tokens/s and model-FLOPs utilisation (Chowdhery et al. 2022, App. B), on rank 0 (the one that logs)."""
+    if meter is None:
+        return {}
     tokens_per_s = tokens / seconds if seconds > 0 else 0.0
-    peak = device.peak_flops * (1 if device.kind == "cpu" else phase.ctx.world)
-    return {"tokens_per_s": tokens_per_s, "mfu": phase.flops_per_token() * tokens_per_s / peak}
+    return {"tokens_per_s": tokens_per_s, "mfu": meter.mfu(phase.flops_per_token() * tokens_per_s)}
 
 
 def _progress(ctx: PhaseContext, *, start: int, total: int, name: str):
