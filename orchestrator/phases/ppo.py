@@ -112,12 +112,6 @@ class PPO(Phase):
     def tokenizer_info(self) -> dict:
         return self.tokenizer.manifest_fields()
 
-    def state(self) -> dict:
-        return {"position": self.position}
-
-    def restore(self, state: dict) -> None:
-        self.position = int(state["position"])
-
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
         rows = shuffled_positions(len(self.prompts), seed=self.ctx.config.seed,
                                   start=position + dp_rank * micro_batch, count=micro_batch)
