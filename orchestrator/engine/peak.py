@@ -35,6 +35,8 @@ CPU_SIZES = (512, 1024, 2048)
 GPU_SIZES = (2048, 4096, 8192)
 REPROBE_SCALE = 2
 """A re-probe (model FLOP/s above the cached peak) times matmuls this many times larger, for longer."""
+BUSY_LOAD = 0.5
+"""Load average per core above which a CPU figure counts as taken on a busy machine."""
 
 
 def matmul_flops(n: int) -> int:
@@ -74,6 +76,11 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def flop_rate(flops: float) -> str:
+    """``340 GFLOP/s``, ``756 TFLOP/s``."""
+    return f"{flops / 1e12:.3g} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.3g} GFLOP/s"
 
 
 def default_cache_file() -> Path:
@@ -163,23 +170,40 @@ def cached_peak(*, dtype: torch.dtype, device: torch.device, cache_file: Optiona
                 measure: Measure = measure_peak, at_least_size: int = 0) -> Peak:
     """The cached peak for this machine, ``dtype`` and ``device``, measured (and cached) if absent.
 
-    ``at_least_size``: a cached figure from smaller matmuls does not count; the probe then runs
-    at that size and the cache keeps the larger of the old and new figures.
+    Measured again, keeping the larger figure, when ``at_least_size`` asks for larger matmuls
+    than the cached figure came from, or when a CPU figure was taken on a busy machine (load above
+    ``BUSY_LOAD`` per core) and the machine is now at most half as busy.
     """
     path = cache_file or default_cache_file()
     key = peak_key(dtype=dtype, device=device)
     entries = read_cache(path)
-    entry = entries.get(key.as_string())
-    if isinstance(entry, dict) and entry.get("flops", 0) > 0 and entry.get("size", 0) >= at_least_size:
-        return Peak(flops=float(entry["flops"]), size=int(entry["size"]), key=key, measured=False)
-    sizes = (at_least_size,) if at_least_size else None
-    flops, size = measure(dtype=dtype, device=device, sizes=sizes,
+    old = entries.get(key.as_string())
+    old = old if isinstance(old, dict) and old.get("flops", 0) > 0 else None
+    load = load_per_core() if device.type == "cpu" else 0.0
+    if old is not None and old.get("size", 0) >= at_least_size and not _quieter_now(old, load):
+        return Peak(flops=float(old["flops"]), size=int(old["size"]), key=key, measured=False)
+    flops, size = measure(dtype=dtype, device=device, sizes=(at_least_size,) if at_least_size else None,
                           seconds=PROBE_SECONDS * (REPROBE_SCALE if at_least_size else 1))
-    if isinstance(entry, dict) and entry.get("flops", 0) > flops:
-        flops, size = float(entry["flops"]), max(size, int(entry.get("size", 0)))
-    entries[key.as_string()] = {"flops": flops, "size": size, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    entry = {"flops": flops, "size": size, "load_per_core": load, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if old is not None and old["flops"] > flops:  # the earlier figure was the better measurement
+        entry.update(flops=float(old["flops"]), size=max(size, int(old.get("size", 0))),
+                     load_per_core=min(load, float(old.get("load_per_core", load))))
+    entries[key.as_string()] = entry
     write_cache(path, entries)
-    return Peak(flops=flops, size=size, key=key, measured=True)
+    return Peak(flops=entry["flops"], size=entry["size"], key=key, measured=True)
+
+
+def load_per_core() -> float:
+    """The 1-minute load average per usable core (0 where the OS does not say)."""
+    try:
+        return os.getloadavg()[0] / usable_cores()
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def _quieter_now(entry: dict, load: float) -> bool:
+    measured_under = float(entry.get("load_per_core", 0.0))
+    return measured_under > BUSY_LOAD and load <= measured_under / 2
 
 
 # --- MFU -------------------------------------------------------------------------------------
@@ -205,9 +229,9 @@ class MFUMeter:
         return self.peak.flops * self.devices
 
     def describe(self) -> str:
-        source = "measured now" if self.peak.measured else "cached"
-        return (f"MFU against a measured {self.peak.key.dtype} matmul peak of {self.peak.flops / 1e12:.3g} TFLOP/s "
-                f"per device × {self.devices} ({source} in {self.cache_file or default_cache_file()})")
+        source = "measured now, cached" if self.peak.measured else "cached"
+        return (f"MFU against a measured {self.peak.key.dtype} matmul peak of {flop_rate(self.peak.flops)} per device "
+                f"× {self.devices} ({source} in {self.cache_file or default_cache_file()})")
 
     def mfu(self, model_flops_per_s: float) -> float:
         if model_flops_per_s > self.job_peak and not self.reprobed:
@@ -218,8 +242,8 @@ class MFUMeter:
             return model_flops_per_s / self.job_peak
         if not self.capped:
             self.capped = True
-            self.report(f"model FLOP/s {model_flops_per_s / 1e12:.3g} T exceed the measured {self.peak.key.dtype} "
-                        f"matmul peak ({self.job_peak / 1e12:.3g} T, re-probed with {self.peak.size}-matmuls): the "
+            self.report(f"model FLOP/s ({flop_rate(model_flops_per_s)}) exceed the measured {self.peak.key.dtype} "
+                        f"matmul peak ({flop_rate(self.job_peak)}, re-probed with {self.peak.size}-matmuls): the "
                         f"probe under-measured, probably under load; MFU is shown as 100%. Delete "
                         f"{self.cache_file or default_cache_file()} on an idle machine to measure again")
         return 1.0

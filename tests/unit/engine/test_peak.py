@@ -9,6 +9,14 @@ from orchestrator.engine import peak
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """The cache's decisions read the load average; tests set it (idle unless a test says otherwise)."""
+    load = {"per_core": 0.0}
+    monkeypatch.setattr(peak, "load_per_core", lambda: load["per_core"])
+    return load
+
+
 class FakeProbe:
     """A ``measure_peak`` stand-in: returns the figures it is given, one per call, and records the calls."""
 
@@ -68,6 +76,19 @@ def test_a_change_of_dtype_torch_threads_or_host_measures_again(tmp_path, monkey
     again = peak.cached_peak(dtype=dtype, device=CPU, cache_file=cache, measure=probe)
     assert len(probe.calls) == 2 and again.flops == 2e12 and again.measured
     assert len(json.loads(cache.read_text())["peaks"]) == 2  # the first machine's entry is kept
+
+
+def test_a_figure_taken_on_a_busy_machine_is_measured_again_once_the_machine_is_quieter(
+        tmp_path, idle_machine):
+    cache, probe = tmp_path / "peak.json", FakeProbe(4e10, 3e11)
+    idle_machine["per_core"] = 4.0                 # measured while others ran
+    peak.cached_peak(dtype=torch.float32, device=CPU, cache_file=cache, measure=probe)
+    idle_machine["per_core"] = 3.0                 # not much quieter: the cache stands
+    assert peak.cached_peak(dtype=torch.float32, device=CPU, cache_file=cache, measure=probe).flops == 4e10
+    idle_machine["per_core"] = 0.1                 # quiet now: measured again
+    assert peak.cached_peak(dtype=torch.float32, device=CPU, cache_file=cache, measure=probe).flops == 3e11
+    assert peak.cached_peak(dtype=torch.float32, device=CPU, cache_file=cache, measure=probe).flops == 3e11
+    assert len(probe.calls) == 2                   # a quiet figure is not measured again
 
 
 def test_an_unreadable_cache_is_measured_again_and_rewritten(tmp_path):
