@@ -113,7 +113,8 @@ def cpu() -> DeviceSpec:
     """This machine, with ranks as processes talking over gloo.
 
     Cores and RAM are read from the OS. The FLOP/s figure is nominal (cores × 2.5 GHz × 32 fp32
-    FLOP/cycle, i.e. two 8-wide FMA units); benchmarks measure the real matmul peak. Bandwidths
+    FLOP/cycle, i.e. two 8-wide FMA units) and serves the planner only; the runtime's MFU and the
+    benchmarks use the measured matmul peak (``orchestrator.engine.peak``). Bandwidths
     are typical DDR and loopback figures; nothing here is calibrated, the ``cpu`` preset exists so
     the tiny CI run goes through the same planner as a cluster run.
     """
