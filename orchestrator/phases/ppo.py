@@ -16,6 +16,7 @@ step 0 is then exactly 0). PPO needs whole models for sampling, so it refuses pp
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 
@@ -27,7 +28,7 @@ from orchestrator.data.task import oracle_score
 from orchestrator.engine.build import build_runtime
 from orchestrator.model.loss import lm_loss
 from orchestrator.phases import rl_math
-from orchestrator.phases.context import load_run_tokenizer, parent_state
+from orchestrator.phases.context import RunTokenizer, load_run_tokenizer, parent_state
 from orchestrator.phases.loop import Phase, StepOutcome
 from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.sampling import Rollout, oracle_evaluation, sample, sampling_generator
@@ -72,7 +73,7 @@ class PPO(Phase):
         super().__init__(ctx)
         self.position = 0
         """Prompts consumed by all DP ranks."""
-        self.tokenizer = None
+        self.tokenizer: Optional[RunTokenizer] = None
         """The run's tokenizer (``context.load_run_tokenizer``), set by ``setup``."""
 
     def setup(self, *, resuming: bool) -> None:
