@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from orchestrator.config.cluster import cpu_model
 from orchestrator.engine.launch.ports import free_port  # noqa: F401  (re-exported for the benchmarks)
 
 
@@ -40,16 +41,6 @@ class MachineInfo:
                 f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min)")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -64,7 +55,7 @@ def machine_info() -> MachineInfo:
     except (ValueError, OSError, AttributeError):
         ram_gib = float("nan")
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return MachineInfo(cpu_model=_cpu_model(), cores=os.cpu_count() or 1, ram_gib=ram_gib,
+    return MachineInfo(cpu_model=cpu_model(), cores=os.cpu_count() or 1, ram_gib=ram_gib,
                        python=platform.python_version(), torch=_version("torch"), deepspeed=_version("deepspeed"),
                        transformers=_version("transformers"), load_average=tuple(load))
 

@@ -36,6 +36,7 @@ import torch
 from benchmarks.common import markdown_table, today, write_section
 from orchestrator.config.model import GPTConfig, get_model
 from orchestrator.config.run import OptimConfig
+from orchestrator.engine.peak import measure_peak, time_matmuls
 from orchestrator.model.gpt import GPT
 from orchestrator.model.loss import lm_loss
 from orchestrator.model.params import init_parameters, param_shards
@@ -137,19 +138,14 @@ def hf_step(shape: Shape) -> Callable[[dict], float]:
 
 
 def matmul_flops(n: int, seconds: float) -> float:
-    """fp32 FLOP/s of n × n matmuls (2·n³ FLOPs each) repeated for about ``seconds``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start)
+    """fp32 FLOP/s of n × n CPU matmuls for about ``seconds``: the runtime's MFU probe (``engine.peak``)."""
+    return time_matmuls(n, dtype=torch.float32, device=torch.device("cpu"), seconds=seconds)
 
 
 def matmul_peak(seconds: float = 3.0) -> float:
-    """Best fp32 FLOP/s over a few sizes."""
-    return max(matmul_flops(n, seconds / 3) for n in (1024, 2048, 3072))
+    """Best fp32 FLOP/s over a few sizes (``engine.peak.measure_peak``, not its cache: this run's own figure)."""
+    return measure_peak(dtype=torch.float32, device=torch.device("cpu"), seconds=seconds,
+                        sizes=(1024, 2048, 3072))[0]
 
 
 def optimizer_step_seconds(shape: Shape, repeats: int = 3) -> dict[str, float]:

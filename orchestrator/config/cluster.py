@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -112,7 +113,8 @@ def cpu() -> DeviceSpec:
     """This machine, with ranks as processes talking over gloo.
 
     Cores and RAM are read from the OS. The FLOP/s figure is nominal (cores × 2.5 GHz × 32 fp32
-    FLOP/cycle, i.e. two 8-wide FMA units); benchmarks measure the real matmul peak. Bandwidths
+    FLOP/cycle, i.e. two 8-wide FMA units) and serves the planner only; the runtime's MFU and the
+    benchmarks use the measured matmul peak (``orchestrator.engine.peak``). Bandwidths
     are typical DDR and loopback figures; nothing here is calibrated, the ``cpu`` preset exists so
     the tiny CI run goes through the same planner as a cluster run.
     """
@@ -121,6 +123,18 @@ def cpu() -> DeviceSpec:
     return DeviceSpec(name="cpu", kind="cpu", memory_gib=ram_gib, peak_flops=cores * 2.5e9 * 32,
                       hbm_bandwidth=20e9, nvlink_bandwidth=5e9, internode_bandwidth=1.25e9, pcie_bandwidth=20e9,
                       host_memory_gib=ram_gib, host_memory_bandwidth=20e9, reserved_gib=0.5)
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _host_ram_gib() -> float:

@@ -179,6 +179,19 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """How responses are sampled from a policy: temperature, then nucleus (top-p, Holtzman et al.
+    2020), at most ``max_new_tokens`` (stopping at EOS)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"temperature": POSITIVE, "top_p": UNIT_ABOVE_ZERO, "max_new_tokens": AT_LEAST_ONE})
+
+
+@dataclass(frozen=True)
 class PhaseConfig:
     """What every phase has: a layout, an optimizer and a loop."""
 
@@ -221,9 +234,12 @@ class RewardConfig(PhaseConfig):
     k: int = 4
     """Responses ranked per prompt (InstructGPT: 4 to 9; 2 to 9 here)."""
     candidates: Literal["policy", "file"] = "policy"
-    """``policy``: the K responses of each rm_*.jsonl prompt are sampled from the SFT model (with PPO's
-    sampling settings) and ranked by the labeller, as InstructGPT's labelers ranked model outputs, so
+    """``policy``: the K responses of each rm_*.jsonl prompt are sampled from the SFT model (with
+    ``sampling``) and ranked by the labeller, as InstructGPT's labelers ranked model outputs, so
     the RM learns on the distribution PPO will show it; ``file``: the responses in the files as given."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How the policy candidates are sampled; the defaults are PPO's (``ppo.temperature``,
+    ``ppo.top_p``, ``ppo.max_new_tokens``): keep the two alike so the RM is trained on what PPO samples."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -270,6 +286,11 @@ class PPOConfig(PhaseConfig):
     @property
     def _steps_text(self) -> str:
         return "loop.steps × ppo_epochs"
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The rollouts' sampling settings (``temperature``, ``top_p``, ``max_new_tokens``)."""
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
 
 
 @dataclass(frozen=True)

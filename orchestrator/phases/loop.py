@@ -3,26 +3,19 @@
 A phase (pretrain, sft, reward, ppo) adds only what differs — its models, its data, its loss —
 by implementing ``Phase``. The loop owns the cadence (STYLE.md habit 9):
 
-    setup → resume from the latest checkpoint, if any →
+    setup → resume from the latest checkpoint, if any (``checkpointing``) →
     for each step: train_step → count non-finite steps → log → evaluate → save →
     final evaluation → consolidated weights → manifest (status complete)
 """
 from __future__ import annotations
 
 import abc
-import dataclasses
-import json
-import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
-
-from orchestrator.config.cluster import get_device
-from orchestrator.phases import outputs
+from orchestrator.engine.peak import MFUMeter
+from orchestrator.phases import checkpointing, outputs
 from orchestrator.phases.context import PhaseContext
 from orchestrator.phases.tracking import MetricsLog
 
@@ -96,9 +89,9 @@ def run(phase: Phase) -> dict[str, float]:
     """Train ``phase`` to its configured number of steps and write its manifest; returns final metrics."""
     ctx = phase.ctx
     loop = phase.config.loop
-    latest = _latest_checkpoint(ctx)
+    latest = checkpointing.latest_checkpoint(ctx)
     phase.setup(resuming=latest is not None)
-    start, skipped = _resume(phase, latest) if latest is not None else (0, 0)
+    start, skipped = checkpointing.resume(phase, latest) if latest is not None else (0, 0)
     phase.step = start
     if latest is not None and ctx.is_main:  # the launch log says where an interrupted phase picked up
         print(f"{phase.name}: resuming from checkpoint {latest} at step {start} of {loop.steps}", flush=True)
@@ -127,6 +120,7 @@ def run(phase: Phase) -> dict[str, float]:
 def _train(phase: Phase, log: MetricsLog, *, start: int, skipped: int) -> None:
     ctx, loop = phase.ctx, phase.config.loop
     bad_in_row, skipped_total = 0, skipped
+    meter = _mfu_meter(phase)
     progress = _progress(ctx, start=start, total=loop.steps, name=phase.name)
     window_tokens, window_start = 0, time.perf_counter()
     for step in range(start + 1, loop.steps + 1):
@@ -136,14 +130,14 @@ def _train(phase: Phase, log: MetricsLog, *, start: int, skipped: int) -> None:
         window_tokens += outcome.tokens
         if step % loop.log_every == 0 or step == loop.steps:
             elapsed = time.perf_counter() - window_start
-            rates = _rates(phase, window_tokens, elapsed)
+            rates = _rates(phase, window_tokens, elapsed, meter)
             log.log("train", step, loss=outcome.loss, skipped_steps=skipped_total, **rates, **outcome.metrics)
             _advance(progress, step, outcome.loss, rates)
             window_tokens, window_start = 0, time.perf_counter()
         if loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
             log.log("eval", step, **phase.evaluate())
         if loop.save_every and step % loop.save_every == 0 or step == loop.steps:
-            save_checkpoint(phase, step=step, skipped_total=skipped_total)
+            checkpointing.save_checkpoint(phase, step=step, skipped_total=skipped_total)
     if progress is not None:
         progress.close()
 
@@ -161,15 +155,29 @@ def _count_bad(outcome: StepOutcome, step: int, bad_in_row: int, skipped_total: 
     return bad_in_row, skipped_total + 1
 
 
-def _rates(phase: Phase, tokens: int, seconds: float) -> dict[str, float]:
-    """tokens/s and model-FLOPs utilisation (Chowdhery et al. 2022, App. B) against the preset's peak.
+def _mfu_meter(phase: Phase) -> Optional[MFUMeter]:
+    """Rank 0's MFU meter against the measured matmul peak of the runtime's device and precision
+    (``engine.peak``; cached per machine). The other ranks wait, so a CPU probe has the cores to itself.
 
-    CPU ranks share one machine, so its peak counts once; GPU ranks each bring their own.
+    CPU ranks of a node share one machine, so its peak counts once per node; GPU ranks each bring their own.
     """
-    device = get_device(phase.ctx.config.cluster.gpu)
+    ctx, meter = phase.ctx, None
+    if ctx.is_main:
+        runtime = phase.exported_runtime()
+        devices = ctx.world if runtime.device.type == "cuda" else ctx.config.cluster.nodes
+        meter = MFUMeter(dtype=runtime.dtype, device=runtime.device, devices=devices,
+                         report=lambda message: print(f"{phase.name}: {message}", flush=True))
+        print(f"{phase.name}: {meter.describe()}", flush=True)
+    outputs.barrier()
+    return meter
+
+
+def _rates(phase: Phase, tokens: int, seconds: float, meter: Optional[MFUMeter]) -> dict[str, float]:
+    """tokens/s and model-FLOPs utilisation (Chowdhery et al. 2022, App. B), on rank 0 (the one that logs)."""
+    if meter is None:
+        return {}
     tokens_per_s = tokens / seconds if seconds > 0 else 0.0
-    peak = device.peak_flops * (1 if device.kind == "cpu" else phase.ctx.world)
-    return {"tokens_per_s": tokens_per_s, "mfu": phase.flops_per_token() * tokens_per_s / peak}
+    return {"tokens_per_s": tokens_per_s, "mfu": meter.mfu(phase.flops_per_token() * tokens_per_s)}
 
 
 def _progress(ctx: PhaseContext, *, start: int, total: int, name: str):
@@ -185,98 +193,3 @@ def _advance(progress, step: int, loss: float, rates: dict) -> None:
         return
     progress.n = step
     progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rates['tokens_per_s']:.0f}", mfu=f"{rates['mfu']:.1%}")
-
-
-# --- checkpoints -----------------------------------------------------------------------------
-def save_checkpoint(phase: Phase, *, step: int, skipped_total: int) -> Path:
-    """Every rank writes into a staging directory; rank 0 commits it atomically (handoff.checkpoint)."""
-    from orchestrator.handoff import checkpoint as ckpt
-
-    ctx = phase.ctx
-    tag = ckpt.step_tag(step)
-    staging = ckpt.staging_dir(ctx.checkpoint_root, tag)
-    client = {"step": step, "skipped_steps": skipped_total, "phase_state": phase.state(),
-              "layouts": {name: dataclasses.asdict(rt.layout) for name, rt in phase.trained.items()},
-              "steps_done": {name: rt.steps_done for name, rt in phase.trained.items()}}
-    for name, runtime in phase.trained.items():
-        runtime.save(staging / name, tag="state", client_state={})
-        if phase.config.loop.reshardable_checkpoints:
-            weights = runtime.consolidated_state_dict()  # collective; lets a resume under another layout reshard
-            if ctx.is_main:
-                torch.save(weights, staging / name / ckpt.CONSOLIDATED_FILE)
-    _save_rng(staging, ctx.rank)
-    if ctx.is_main:
-        (staging / ckpt.LOOP_STATE_FILE).write_text(json.dumps(client))
-    outputs.barrier()
-    final = ctx.checkpoint_root / tag
-    if ctx.is_main:
-        ckpt.commit(ctx.checkpoint_root, tag, staging)
-        ckpt.prune_checkpoints(ctx.checkpoint_root, keep=phase.config.loop.keep_checkpoints)
-    outputs.barrier()
-    return final
-
-
-def _latest_checkpoint(ctx: PhaseContext) -> Optional[Path]:
-    from orchestrator.handoff import checkpoint as ckpt
-
-    if ctx.is_main:  # rank 0 cleans up after a crashed save before anyone looks
-        ckpt.latest_checkpoint(ctx.checkpoint_root)
-    outputs.barrier()
-    latest = ckpt.latest_checkpoint(ctx.checkpoint_root)
-    if latest is not None:
-        ckpt.verify_checkpoint(latest)
-    return latest
-
-
-def _resume(phase: Phase, path: Path) -> tuple[int, int]:
-    """Restore engines, phase state and RNG; returns (step, skipped steps so far).
-
-    Under the layout that wrote the checkpoint, DeepSpeed's own files restore everything. Under
-    another layout (say the job moved from TP2×PP2 to ZeRO-2 data parallel) the consolidated
-    weights are resharded into the new layout and the optimizer moments start again: DeepSpeed's
-    partitioned optimizer files are readable only by the layout that wrote them.
-    """
-    from orchestrator.handoff import checkpoint as ckpt
-
-    client = json.loads((path / ckpt.LOOP_STATE_FILE).read_text())
-    for name, runtime in phase.trained.items():
-        layout = dataclasses.asdict(runtime.layout)
-        if client["layouts"][name] == layout:
-            runtime.load(path / name, tag="state")
-            continue
-        refusal = ckpt.relayout_refusal(path, layout)
-        if refusal:
-            raise ValueError(f"{phase.name}: {refusal}")
-        if phase.ctx.is_main:
-            print(f"{phase.name}: checkpoint {path} was written under layout "
-                  f"{ckpt.layout_brief(client['layouts'][name])}, this run has {ckpt.layout_brief(layout)}: "
-                  f"resharding its weights; the {name}'s optimizer moments restart", flush=True)
-        runtime.load_consolidated(torch.load(path / name / ckpt.CONSOLIDATED_FILE, map_location="cpu",
-                                             weights_only=True))
-        runtime.steps_done = int(client["steps_done"][name])
-    phase.restore(client["phase_state"])
-    _load_rng(path, phase.ctx.rank)
-    return int(client["step"]), int(client["skipped_steps"])
-
-
-def _save_rng(staging: Path, rank: int) -> None:
-    """Each rank's Python, NumPy and torch RNG states, so a resumed run draws the same numbers."""
-    rng_dir = staging / "rng"
-    rng_dir.mkdir(parents=True, exist_ok=True)
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    torch.save(state, rng_dir / f"rank{rank:05d}.pt")
-
-
-def _load_rng(path: Path, rank: int) -> None:
-    """This rank's RNG states, when the checkpoint has them (a resume on more ranks starts the new ones fresh)."""
-    rng_file = path / "rng" / f"rank{rank:05d}.pt"
-    if not rng_file.is_file():
-        return
-    state = torch.load(rng_file, weights_only=False)
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])

@@ -16,6 +16,7 @@ step 0 is then exactly 0). PPO needs whole models for sampling, so it refuses pp
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 
@@ -26,12 +27,12 @@ from orchestrator.data.rlhf import collate_prompts, load_prompts
 from orchestrator.data.task import oracle_score
 from orchestrator.engine.build import build_runtime
 from orchestrator.model.loss import lm_loss
-from orchestrator.phases import outputs, rl_math
+from orchestrator.phases import rl_math
+from orchestrator.phases.context import RunTokenizer, load_run_tokenizer, parent_state
+from orchestrator.phases.loop import Phase, StepOutcome
 from orchestrator.phases.outputs import frozen_model
-from orchestrator.phases.loop import StepOutcome
 from orchestrator.phases.sampling import Rollout, oracle_evaluation, sample, sampling_generator
 from orchestrator.phases.sft import load_eval_prompts, task_dir
-from orchestrator.phases.supervised import SupervisedPhase
 
 
 def response_logprobs(logits: torch.Tensor, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
@@ -64,16 +65,23 @@ def actor_objective(forward, batch: dict, *, clip_ratio: float, ptx_coef: float)
     return loss, metrics
 
 
-class PPO(SupervisedPhase):
+class PPO(Phase):
     name = "ppo"
     head = "lm"
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.position = 0
+        """Prompts consumed by all DP ranks."""
+        self.tokenizer: Optional[RunTokenizer] = None
+        """The run's tokenizer (``context.load_run_tokenizer``), set by ``setup``."""
 
     def setup(self, *, resuming: bool) -> None:
         cfg, ppo = self.ctx.config, self.config
         self.model_config = dataclasses.replace(cfg.model, dropout=0.0)
-        self.load_run_tokenizer()
+        self.tokenizer = load_run_tokenizer(self.ctx)
         self.prompts, self.data_report = load_prompts(task_dir(self.ctx) / "ppo_train.jsonl",
-                                                      tokenizer=self.hf_tokenizer(),
+                                                      tokenizer=self.tokenizer.hf(),
                                                       max_prompt_len=self.model_config.ctx - ppo.max_new_tokens)
         self.eval_prompts = load_eval_prompts(self)
         self.ptx = build_pretrain_data(cfg.data, seq_len=ppo.loop.seq_len, seed=cfg.seed) if ppo.ptx_coef else None
@@ -82,9 +90,8 @@ class PPO(SupervisedPhase):
         self._build_models(resuming=resuming)
 
     def _build_models(self, *, resuming: bool) -> None:
-        sft = self.parent_state()
-        rm = outputs.parent_weights(self.ctx.run_dir, parent="reward", head="scalar",
-                                    model=self.ctx.config.model.to_dict(), tokenizer_hash=self.tokenizer.tokenizer_hash)
+        sft = parent_state(self.ctx, parent="sft", tokenizer=self.tokenizer)
+        rm = parent_state(self.ctx, parent="reward", tokenizer=self.tokenizer)
         ppo, seed = self.config, self.ctx.config.seed
         common = dict(total_steps=ppo.loop.steps * ppo.ppo_epochs, seed=seed,
                       timeout_minutes=self.ctx.config.launch.timeout_minutes)
@@ -99,6 +106,9 @@ class PPO(SupervisedPhase):
 
     def exported_runtime(self):
         return self.trained["actor"]
+
+    def tokenizer_info(self) -> dict:
+        return self.tokenizer.manifest_fields()
 
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
         rows = shuffled_positions(len(self.prompts), seed=self.ctx.config.seed,
@@ -132,12 +142,13 @@ class PPO(SupervisedPhase):
         model.eval()
         generator = sampling_generator(seed=derived_seed(self.ctx.config.seed, step, index, self.ctx.rank),
                                        device=actor.device)
+        sampling = self.config.sampling
         try:
             return sample(model, input_ids=prompts["input_ids"].to(actor.device),
                           attention_mask=prompts["attention_mask"].to(actor.device),
-                          max_new_tokens=self.config.max_new_tokens, eos_id=self.tokenizer.eos_id,
-                          pad_id=self.tokenizer.pad_id, temperature=self.config.temperature,
-                          top_p=self.config.top_p, generator=generator)
+                          max_new_tokens=sampling.max_new_tokens, eos_id=self.tokenizer.eos_id,
+                          pad_id=self.tokenizer.pad_id, temperature=sampling.temperature,
+                          top_p=sampling.top_p, generator=generator)
         finally:
             model.train()
 
@@ -188,7 +199,7 @@ class PPO(SupervisedPhase):
 
     def rollout_oracle(self, prompts: list[dict], experience: list[dict]) -> float:
         """The labeller's mean score of this step's rollouts (a training-set view of the oracle score)."""
-        tokenizer, eos, scores = self.hf_tokenizer(), self.tokenizer.eos_id, []
+        tokenizer, eos, scores = self.tokenizer.hf(), self.tokenizer.eos_id, []
         for batch, scored in zip(prompts, experience):
             responses = scored["sequences"][:, int(scored["prompt_len"]):].cpu()
             scores += [oracle_score(p, decode_response(tokenizer, r, eos_id=eos)) for p, r in zip(batch["prompts"], responses)]
@@ -230,7 +241,7 @@ class PPO(SupervisedPhase):
             return {"kl": float(kl.sum()), "reward": float(scored["score"].sum())}
 
         return oracle_evaluation(actor.module_for_inference(), prompts=self.eval_prompts,
-                                 tokenizer=self.hf_tokenizer(), eos_id=self.tokenizer.eos_id,
+                                 tokenizer=self.tokenizer.hf(), eos_id=self.tokenizer.eos_id,
                                  pad_id=self.tokenizer.pad_id, batch_size=evaluation.batch_size,
                                  max_new_tokens=evaluation.max_new_tokens, temperature=evaluation.temperature,
                                  top_p=evaluation.top_p, seed=evaluation.seed, dp_rank=actor.state.dp_rank,

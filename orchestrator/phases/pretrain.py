@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from orchestrator.data.pretrain import build_pretrain_data
+from orchestrator.phases.context import load_run_tokenizer
 from orchestrator.phases.supervised import SupervisedPhase
 
 
@@ -13,11 +14,11 @@ class Pretrain(SupervisedPhase):
 
     def setup(self, *, resuming: bool) -> None:
         cfg = self.ctx.config
-        self.load_run_tokenizer()
+        self.tokenizer = load_run_tokenizer(self.ctx)
         self.data = build_pretrain_data(cfg.data, seq_len=self.config.loop.seq_len, seed=cfg.seed)
-        if self.data.tokenizer.tokenizer_hash != self.tokenizer.tokenizer_hash:
+        if self.data.tokenizer.tokenizer_hash != self.tokenizer.info.tokenizer_hash:
             raise ValueError(f"the corpus was tokenized with {self.data.tokenizer.path}, not the run's tokenizer "
-                             f"{self.tokenizer.path}: prepare the run's data again")
+                             f"{self.tokenizer.info.path}: prepare the run's data again")
         self.build()
 
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:

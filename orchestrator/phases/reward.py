@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
+from orchestrator.config.run import SamplingConfig
 from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.rlhf import collate_rm, load_rm
 from orchestrator.model.params import initial_value, plain_parameter_shapes
 from orchestrator.phases import outputs, rl_math
+from orchestrator.phases.context import load_run_tokenizer, parent_state
 from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.sampling import sample, sampling_generator, sums_over_ranks
 from orchestrator.phases.sft import task_dir
@@ -45,7 +47,7 @@ def with_scalar_head(state: dict, *, config, seed: int) -> dict:
 
 
 def write_policy_rankings(model, *, prompts: list[str], out: Path, k: int, tokenizer, eos_id: int, pad_id: int,
-                          sampling, seed: int, batch_prompts: int = 32) -> None:
+                          sampling: SamplingConfig, seed: int, batch_prompts: int = 32) -> None:
     """K samples per prompt from ``model``, ranked best first by the task's labeller, as RM JSONL.
 
     Written atomically, so a resumed reward phase reads the same rankings instead of sampling again.
@@ -79,10 +81,10 @@ class Reward(SupervisedPhase):
     loss_fn = staticmethod(ranking_loss_fn)
 
     def setup(self, *, resuming: bool) -> None:
-        self.load_run_tokenizer()
-        sft = self.parent_state()
+        self.tokenizer = load_run_tokenizer(self.ctx)
+        sft = parent_state(self.ctx, parent="sft", tokenizer=self.tokenizer)
         files = self.ranking_files(sft)
-        tokenizer, seq_len, eos = self.hf_tokenizer(), self.config.loop.seq_len, self.tokenizer.eos_id
+        tokenizer, seq_len, eos = self.tokenizer.hf(), self.config.loop.seq_len, self.tokenizer.eos_id
         self.train_examples, self.data_report = load_rm(files["train"], tokenizer=tokenizer, eos_id=eos,
                                                         seq_len=seq_len)
         self.eval_examples, _ = load_rm(files["eval"], tokenizer=tokenizer, eos_id=eos, seq_len=seq_len)
@@ -101,9 +103,9 @@ class Reward(SupervisedPhase):
             model = frozen_model(self.ctx.config.model, head="lm", state=sft_state, device=device)
             for index, (split, path) in enumerate(files.items()):
                 prompts = [json.loads(line)["prompt"] for line in given[split].read_text().splitlines() if line.strip()]
-                write_policy_rankings(model, prompts=prompts, out=path, k=self.config.k, tokenizer=self.hf_tokenizer(),
+                write_policy_rankings(model, prompts=prompts, out=path, k=self.config.k, tokenizer=self.tokenizer.hf(),
                                       eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                                      sampling=self.ctx.config.ppo, seed=self.ctx.config.seed + index)
+                                      sampling=self.config.sampling, seed=self.ctx.config.seed + index)
         outputs.barrier()
         return files
 

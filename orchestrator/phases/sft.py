@@ -7,6 +7,7 @@ from pathlib import Path
 
 from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.rlhf import collate_sft, load_prompts, load_sft
+from orchestrator.phases.context import load_run_tokenizer, parent_state
 from orchestrator.phases.sampling import oracle_evaluation
 from orchestrator.phases.supervised import SupervisedPhase
 
@@ -21,14 +22,14 @@ class SFT(SupervisedPhase):
     head = "lm"
 
     def setup(self, *, resuming: bool) -> None:
-        self.load_run_tokenizer()
-        tokenizer, seq_len = self.hf_tokenizer(), self.config.loop.seq_len
+        self.tokenizer = load_run_tokenizer(self.ctx)
+        tokenizer, seq_len = self.tokenizer.hf(), self.config.loop.seq_len
         self.train_examples, self.data_report = load_sft(task_dir(self.ctx) / "sft_train.jsonl", tokenizer=tokenizer,
                                                          eos_id=self.tokenizer.eos_id, seq_len=seq_len)
         self.eval_examples, _ = load_sft(task_dir(self.ctx) / "sft_eval.jsonl", tokenizer=tokenizer,
                                          eos_id=self.tokenizer.eos_id, seq_len=seq_len)
         self.eval_prompts = load_eval_prompts(self)
-        self.build(init_state=None if resuming else self.parent_state())
+        self.build(init_state=None if resuming else parent_state(self.ctx, parent="pretrain", tokenizer=self.tokenizer))
 
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
         rows = shuffled_positions(len(self.train_examples), seed=self.ctx.config.seed,
@@ -60,7 +61,7 @@ class SFT(SupervisedPhase):
 def load_eval_prompts(phase) -> list:
     """The held-out prompts both SFT and PPO are scored on (the first ``oracle_eval.prompts``)."""
     evaluation = phase.ctx.config.oracle_eval
-    prompts, _ = load_prompts(task_dir(phase.ctx) / "ppo_eval.jsonl", tokenizer=phase.hf_tokenizer(),
+    prompts, _ = load_prompts(task_dir(phase.ctx) / "ppo_eval.jsonl", tokenizer=phase.tokenizer.hf(),
                               max_prompt_len=phase.ctx.config.model.ctx - evaluation.max_new_tokens)
     return prompts[:evaluation.prompts]
 
@@ -69,7 +70,7 @@ def score_policy(phase, runtime) -> dict[str, float]:
     """Oracle score of the policy's samples on the held-out prompts (SPEC §6 protocol)."""
     evaluation = phase.ctx.config.oracle_eval
     return oracle_evaluation(runtime.module_for_inference(), prompts=phase.eval_prompts,
-                             tokenizer=phase.hf_tokenizer(), eos_id=phase.tokenizer.eos_id,
+                             tokenizer=phase.tokenizer.hf(), eos_id=phase.tokenizer.eos_id,
                              pad_id=phase.tokenizer.pad_id, batch_size=evaluation.batch_size,
                              max_new_tokens=evaluation.max_new_tokens, temperature=evaluation.temperature,
                              top_p=evaluation.top_p, seed=evaluation.seed, dp_rank=runtime.state.dp_rank,

@@ -9,10 +9,8 @@ from __future__ import annotations
 import abc
 from typing import Callable, Optional
 
-from orchestrator.data.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_info
 from orchestrator.engine.build import build_runtime
-from orchestrator.handoff.manifest import PARENTS
-from orchestrator.phases import outputs
+from orchestrator.phases.context import RunTokenizer
 from orchestrator.phases.loop import Phase, StepOutcome
 
 
@@ -25,7 +23,8 @@ class SupervisedPhase(Phase):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.position = 0
-        self.tokenizer: Optional[TokenizerInfo] = None
+        self.tokenizer: Optional[RunTokenizer] = None
+        """The run's tokenizer (``context.load_run_tokenizer``), set by ``setup``."""
 
     # --- what a subclass provides -------------------------------------------------------------
     @abc.abstractmethod
@@ -63,32 +62,4 @@ class SupervisedPhase(Phase):
         self.position = int(state["position"])
 
     def tokenizer_info(self) -> dict:
-        info = self.tokenizer
-        return {"tokenizer_hash": info.tokenizer_hash, "pad_id": info.pad_id, "eos_id": info.eos_id,
-                "tokenizer_dir": run_tokenizer_dir(self.ctx).relative_to(self.ctx.run_dir).as_posix()}
-
-    def load_run_tokenizer(self) -> None:
-        """The run's tokenizer (``RUN_DIR/data/tokenizer``, written by data preparation)."""
-        path = run_tokenizer_dir(self.ctx)
-        if not path.is_dir():
-            raise FileNotFoundError(f"no tokenizer at {path}: prepare the run's data with `orchestrate run RECIPE "
-                                    f"--run-dir {self.ctx.run_dir}` (or `orchestrate data --out {path.parent}`)")
-        self.tokenizer = tokenizer_info(path)
-        self.tokenizer.check_fits(self.ctx.config.model.vocab)
-
-    def parent_state(self, *, parent_head: str = "lm") -> dict:
-        """The first parent's consolidated weights, verified against this run's model and tokenizer."""
-        parent = PARENTS[self.name][0][0]
-        return outputs.parent_weights(self.ctx.run_dir, parent=parent, head=parent_head,
-                                      model=self.ctx.config.model.to_dict(),
-                                      tokenizer_hash=self.tokenizer.tokenizer_hash)
-
-    def hf_tokenizer(self):
-        """The run's ``PreTrainedTokenizerFast``, loaded once."""
-        if getattr(self, "_hf_tokenizer", None) is None:
-            self._hf_tokenizer = load_tokenizer(self.tokenizer.path)
-        return self._hf_tokenizer
-
-
-def run_tokenizer_dir(ctx):
-    return ctx.data_dir / "tokenizer"
+        return self.tokenizer.manifest_fields()

@@ -1,7 +1,7 @@
 import pytest
 
 from orchestrator.config.loader import ConfigError
-from orchestrator.config.run import load_run_config
+from orchestrator.config.run import SamplingConfig, load_run_config
 
 
 def test_precedence_is_defaults_then_recipe_then_overrides(tmp_path):
@@ -36,6 +36,13 @@ def test_model_from_a_file(tmp_path):
 def test_a_wrong_override_is_refused_with_the_key_and_choices(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_run_config({}, [override])
+
+
+def test_reward_candidates_sample_with_their_own_settings_whose_defaults_are_ppos():
+    config = load_run_config({}, ["reward.sampling.temperature=0.7", "ppo.top_p=0.9"])
+    assert config.reward.sampling == SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=16)
+    assert config.ppo.sampling == SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=16)
+    assert load_run_config({}).reward.sampling == load_run_config({}).ppo.sampling
 
 
 def test_shipped_tiny_recipe_loads():

@@ -1,0 +1,117 @@
+"""A phase's checkpoints: save, find the latest, resume (same layout, or resharded into another).
+
+Every rank writes its DeepSpeed files into a staging directory and rank 0 commits it atomically
+(``handoff.checkpoint``); beside them go the loop's client state (step, skipped steps, the phase's
+own state, each runtime's layout and step count) and each rank's RNG states, so a resumed run
+continues as the uninterrupted one would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+import torch
+
+from orchestrator.phases import outputs
+from orchestrator.phases.context import PhaseContext
+
+if TYPE_CHECKING:
+    from orchestrator.phases.loop import Phase
+
+
+def save_checkpoint(phase: Phase, *, step: int, skipped_total: int) -> Path:
+    """Every rank writes into a staging directory; rank 0 commits it atomically (handoff.checkpoint)."""
+    from orchestrator.handoff import checkpoint as ckpt
+
+    ctx = phase.ctx
+    tag = ckpt.step_tag(step)
+    staging = ckpt.staging_dir(ctx.checkpoint_root, tag)
+    client = {"step": step, "skipped_steps": skipped_total, "phase_state": phase.state(),
+              "layouts": {name: dataclasses.asdict(rt.layout) for name, rt in phase.trained.items()},
+              "steps_done": {name: rt.steps_done for name, rt in phase.trained.items()}}
+    for name, runtime in phase.trained.items():
+        runtime.save(staging / name, tag="state", client_state={})
+        if phase.config.loop.reshardable_checkpoints:
+            weights = runtime.consolidated_state_dict()  # collective; lets a resume under another layout reshard
+            if ctx.is_main:
+                torch.save(weights, staging / name / ckpt.CONSOLIDATED_FILE)
+    _save_rng(staging, ctx.rank)
+    if ctx.is_main:
+        (staging / ckpt.LOOP_STATE_FILE).write_text(json.dumps(client))
+    outputs.barrier()
+    final = ctx.checkpoint_root / tag
+    if ctx.is_main:
+        ckpt.commit(ctx.checkpoint_root, tag, staging)
+        ckpt.prune_checkpoints(ctx.checkpoint_root, keep=phase.config.loop.keep_checkpoints)
+    outputs.barrier()
+    return final
+
+
+def latest_checkpoint(ctx: PhaseContext) -> Optional[Path]:
+    from orchestrator.handoff import checkpoint as ckpt
+
+    if ctx.is_main:  # rank 0 cleans up after a crashed save before anyone looks
+        ckpt.latest_checkpoint(ctx.checkpoint_root)
+    outputs.barrier()
+    latest = ckpt.latest_checkpoint(ctx.checkpoint_root)
+    if latest is not None:
+        ckpt.verify_checkpoint(latest)
+    return latest
+
+
+def resume(phase: Phase, path: Path) -> tuple[int, int]:
+    """Restore engines, phase state and RNG; returns (step, skipped steps so far).
+
+    Under the layout that wrote the checkpoint, DeepSpeed's own files restore everything. Under
+    another layout (say the job moved from TP2×PP2 to ZeRO-2 data parallel) the consolidated
+    weights are resharded into the new layout and the optimizer moments start again: DeepSpeed's
+    partitioned optimizer files are readable only by the layout that wrote them.
+    """
+    from orchestrator.handoff import checkpoint as ckpt
+
+    client = json.loads((path / ckpt.LOOP_STATE_FILE).read_text())
+    for name, runtime in phase.trained.items():
+        layout = dataclasses.asdict(runtime.layout)
+        if client["layouts"][name] == layout:
+            runtime.load(path / name, tag="state")
+            continue
+        refusal = ckpt.relayout_refusal(path, layout)
+        if refusal:
+            raise ValueError(f"{phase.name}: {refusal}")
+        if phase.ctx.is_main:
+            print(f"{phase.name}: checkpoint {path} was written under layout "
+                  f"{ckpt.layout_brief(client['layouts'][name])}, this run has {ckpt.layout_brief(layout)}: "
+                  f"resharding its weights; the {name}'s optimizer moments restart", flush=True)
+        runtime.load_consolidated(torch.load(path / name / ckpt.CONSOLIDATED_FILE, map_location="cpu",
+                                             weights_only=True))
+        runtime.steps_done = int(client["steps_done"][name])
+    phase.restore(client["phase_state"])
+    _load_rng(path, phase.ctx.rank)
+    return int(client["step"]), int(client["skipped_steps"])
+
+
+def _save_rng(staging: Path, rank: int) -> None:
+    """Each rank's Python, NumPy and torch RNG states, so a resumed run draws the same numbers."""
+    rng_dir = staging / "rng"
+    rng_dir.mkdir(parents=True, exist_ok=True)
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    torch.save(state, rng_dir / f"rank{rank:05d}.pt")
+
+
+def _load_rng(path: Path, rank: int) -> None:
+    """This rank's RNG states, when the checkpoint has them (a resume on more ranks starts the new ones fresh)."""
+    rng_file = path / "rng" / f"rank{rank:05d}.pt"
+    if not rng_file.is_file():
+        return
+    state = torch.load(rng_file, weights_only=False)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
