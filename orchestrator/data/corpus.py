@@ -141,8 +141,8 @@ def load_source(source: SourceConfig, *, cache_dir: Path) -> SourceDocuments:
                                            fingerprint=f"{fingerprint[:16]}-{digest[:16]}"))
                 row_files.append(file)
     rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    report = _tally(rows, source=source.name)
     reasons = rows.with_format("arrow")["bad"].to_numpy(zero_copy_only=False)
+    report = _tally(reasons, source=source.name)
     documents = rows.filter(lambda bad: [b == "" for b in bad], input_columns="bad", batched=True,
                             new_fingerprint=f"{fingerprint[:16]}-kept").remove_columns("bad")
     if len(documents) == 0:
@@ -214,13 +214,13 @@ def _parse_json_lines(field: str):
     return parse
 
 
-def _tally(rows: datasets.Dataset, *, source: str) -> DataReport:
-    reasons = rows.with_format("arrow")["bad"].to_numpy(zero_copy_only=False)
+def _tally(reasons: np.ndarray, *, source: str) -> DataReport:
+    """Refused rows per reason (``reasons``: "" or the reason, one per row read)."""
     bad: dict[str, int] = {}
     first: dict[str, str] = {}
     for reason in sorted(set(reasons.tolist()) - {""}):
         hits = np.flatnonzero(reasons == reason)
         bad[reason] = int(hits.size)
         first[reason] = f"row {int(hits[0]) + 1}"
-    return DataReport(source=source, rows_read=len(rows), rows_kept=len(rows) - sum(bad.values()),
+    return DataReport(source=source, rows_read=len(reasons), rows_kept=len(reasons) - sum(bad.values()),
                       bad_rows=bad, first_bad=first)
