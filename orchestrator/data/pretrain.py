@@ -1,4 +1,4 @@
-"""Pretraining data: sources → tokenizer → held-out split → packed blocks → a resumable mixture.
+"""Pretraining data: sources → [curation] → tokenizer → held-out split → packed blocks → a resumable mixture.
 
     data = build_pretrain_data(config.data, seq_len=128, seed=config.seed)
     batch = data.train_batch(position=p, micro_batch=16, dp_rank=r, dp_size=d)
@@ -11,7 +11,9 @@ advances position by micro_batch · dp_size. Storing position in the checkpoint 
 needs to get exactly the same next batch (the order depends only on the seed).
 
 The held-out split is by document (``eval_fraction`` of each source's documents, chosen by
-``split_seed``), so no evaluation text is ever trained on.
+``split_seed``), so no evaluation text is ever trained on. With ``data.curation`` stages on
+(``orchestrator/data/curation``), the quality filter and dedup run before the split, the
+contamination check after it, and the tokenizer learns the curated documents.
 """
 from __future__ import annotations
 
