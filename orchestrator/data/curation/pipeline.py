@@ -146,7 +146,8 @@ def cache_key(documents: list[SourceDocuments], *, data: DataConfig, seed: int) 
     from orchestrator.config.loader import to_dict
 
     curation = data.curation
-    key = {"version": CURATION_VERSION, "seed": seed, "curation": to_dict(curation),
+    stages = {name: value for name, value in to_dict(curation).items() if name != "num_proc"}  # same result
+    key = {"version": CURATION_VERSION, "seed": seed, "curation": stages,
            "sources": [{"name": c.name, "path": c.path, "fingerprint": d.fingerprint}
                        for c, d in zip(data.sources, documents)],
            "eval_fraction": data.eval_fraction, "split_seed": data.split_seed}

@@ -56,3 +56,15 @@ def test_duplicate_clusters_are_transitive_and_keep_the_earliest_document():
 def test_a_text_shorter_than_the_shingle_is_one_shingle():
     assert dedup.shingles("Hello, world!", ngram=5) == {b"hello world"}
     assert dedup.shingles("a b c", ngram=2) == {b"a b", b"b c"}
+
+
+def test_signatures_are_the_same_in_worker_processes(clean_paragraphs):
+    import datasets
+
+    from orchestrator.data.curation.text import map_texts
+
+    documents = datasets.Dataset.from_dict({"text": clean_paragraphs[:40]})
+    function = dedup.signature_function(num_perm=64, ngram=1)
+    one, two = (map_texts(documents, function, num_proc=n, desc="test", fingerprint=f"t{n}")["signature"]
+                for n in (1, 2))
+    assert np.array_equal(one, two) and one.shape == (40, 64)
