@@ -92,7 +92,8 @@ def our_stages(corpus: Planted, *, reference: list[str], configs: list[tuple[int
     scores, seconds = timed(quality.raw_scores, positives=reference, negatives=corpus.texts, n_features=1 << 18,
                             regularization=10.0, max_documents=20000, folds=2, seed=0)
     quality.keep_by_pareto(scores, alpha=9.0, rng=np.random.default_rng(0))
-    stage_rows.append(["ours", f"quality (fit on {len(reference)} reference + raw, 2 folds; score; Pareto)", n, f"{seconds:.2f}", f"{n / seconds:,.0f}"])
+    stage_rows.append(["ours", f"quality (fit on {len(reference)} reference + raw, 2 folds; score; Pareto)", n,
+                       f"{seconds:.2f}", f"{n / seconds:,.0f}"])
     for num_perm, bands, ngram in configs:
         label = f"{num_perm} perms, {bands} × {num_perm // bands}, {ngram}-word shingles"
         signature, sig_s = timed(dedup.signatures, corpus.texts, num_perm=num_perm, ngram=ngram)
@@ -166,13 +167,13 @@ def _drain(result) -> None:
 
 def section(stage_rows: list[list], quality_rows: list[list], *, corpus: Planted, note: str, command: str) -> str:
     info = machine_info()
+    exact = sum(1 for a, b in corpus.pairs if corpus.texts[a] == corpus.texts[b])
     return "\n".join([
         HEADING, "",
         f"`{command}` ({today()}; {info.describe()}; other agents' jobs were running on these cores).", "",
         f"{len(corpus.texts)} planted documents: {len(corpus.texts) - len(corpus.pairs)} distinct embedded paragraphs "
-        f"(no two share more than half their word sets), {sum(1 for a, b in corpus.pairs if corpus.texts[a] != corpus.texts[b])} "
-        f"near-duplicates with 1-10% of their words replaced, "
-        f"{sum(1 for a, b in corpus.pairs if corpus.texts[a] == corpus.texts[b])} exact copies; one process, "
+        f"(no two share more than half their word sets), {len(corpus.pairs) - exact} near-duplicates with 1-10% of "
+        f"their words replaced, {exact} exact copies; one process, "
         "`num_proc` 1. Documents/s of each stage (wall time, single-threaded):", "",
         markdown_table(["library", "stage", "documents", "seconds", "documents/s"], stage_rows), "",
         "Dedup on the planted duplicates (recall: planted pairs with a member removed; precision: removed "

@@ -126,6 +126,7 @@ def _parquet_texts(path: Path) -> list[str]:
     table = pq.read_table(path)
     texts = []
     for column in table.column_names:
-        if pa.types.is_string(table.schema.field(column).type) or pa.types.is_large_string(table.schema.field(column).type):
+        kind = table.schema.field(column).type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             texts.extend(v for v in table.column(column).to_pylist() if isinstance(v, str))
     return texts

@@ -43,7 +43,8 @@ def signatures(texts: list[str], *, num_perm: int, ngram: int) -> np.ndarray:
 
     if not texts:
         return np.zeros((0, num_perm), dtype=np.uint64)
-    minhashes = MinHash.bulk([shingles(t, ngram=ngram) for t in texts], num_perm=num_perm, seed=MINHASH_SEED, scheme=SCHEME)
+    minhashes = MinHash.bulk([shingles(t, ngram=ngram) for t in texts], num_perm=num_perm, seed=MINHASH_SEED,
+                             scheme=SCHEME)
     return np.stack([m.hashvalues for m in minhashes]).astype(np.uint64)
 
 

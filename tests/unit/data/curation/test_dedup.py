@@ -23,7 +23,8 @@ def test_near_duplicates_up_to_ten_percent_edited_are_found_with_precision_and_r
     bases = clean_paragraphs[:300]
     vocabulary = planted.vocabulary_of(clean_paragraphs)
     fractions = np.linspace(0.01, 0.10, 200)  # ≤ 10% of words replaced, a quarter of them at 8.8-10%
-    near = [planted.near_duplicate(bases[i], fraction=f, rng=rng, vocabulary=vocabulary) for i, f in enumerate(fractions)]
+    near = [planted.near_duplicate(bases[i], fraction=f, rng=rng, vocabulary=vocabulary)
+            for i, f in enumerate(fractions)]
     exact = [bases[i] for i in range(200, 230)]
     texts = bases + near + exact
     signature = dedup.signatures(texts, num_perm=256, ngram=1)

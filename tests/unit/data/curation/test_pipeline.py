@@ -31,7 +31,8 @@ def small_recipe(tmp_path, clean_paragraphs, rng):
     ref_path, raw_path = write_jsonl(tmp_path / "ref.jsonl", reference), write_jsonl(tmp_path / "raw.jsonl", raw)
     eval_path = write_jsonl(tmp_path / "bench.jsonl", bench)
     recipe = {"data": {"sources": [{"name": "ref", "path": ref_path}, {"name": "raw", "path": raw_path}],
-                       "vocab_size": 400, "tokenizer_task_repeats": 0, "eval_fraction": 0.05, "cache_dir": str(tmp_path / "cache"),
+                       "vocab_size": 400, "tokenizer_task_repeats": 0, "eval_fraction": 0.05,
+                       "cache_dir": str(tmp_path / "cache"),
                        "curation": {"quality": {"reference": ref_path, "alpha": 9},
                                     "dedup": {"threshold": 0.7},
                                     "contamination": {"ngram": 13, "eval_files": [eval_path], "action": "drop"}},
