@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python -m benchmarks.memory_accuracy --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.dp_scaling --ranks 1 2 4 --steps 4 --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.curation_speed --write BENCHMARKS.md
 
 # The tiny pipeline over three seeds (about 3 minutes a seed on idle cores): the RLHF phases section.
 bench-rlhf: install

@@ -4,6 +4,8 @@ Trains (or finds in the cache) the tokenizer, reads, checks and packs the pretra
 prints token counts and the bad-row report, writes ``sft_train.jsonl … ppo_eval.jsonl`` from the
 word-list oracle task, checks that every task row fits the phases' lengths with this tokenizer,
 and records it all in ``DIR/data.json`` (with a copy of the tokenizer in ``DIR/tokenizer``).
+With ``data.curation`` stages on, their counts go into ``data.json`` and the documents they dropped
+(or flagged) into ``DIR/curation/{quality,duplicates,contamination}.jsonl``.
 """
 from __future__ import annotations
 
@@ -38,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
     corpus = build_pretrain_data(config.data, seq_len=config.pretrain.loop.seq_len, seed=seed)
     corpus.tokenizer.check_fits(config.model.vocab)
     print(format_corpus(corpus.summary()))
+    listings = corpus.curation.write_listings(out / "curation") if corpus.curation is not None else {}
+    if corpus.curation is not None:
+        print(format_curation(corpus.curation.counts, listings))
     paths = write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed)
     task = check_task_files(paths, config=config, tokenizer_path=corpus.tokenizer.path)
     print(format_task(task))
     shutil.copytree(corpus.tokenizer.path, out / "tokenizer", dirs_exist_ok=True)
-    summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer")}
+    summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer"),
+               **({"curation_listings": listings} if listings else {})}
     (out / "data.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {len(paths)} task files, data.json and tokenizer/ to {out}")
     return 0
@@ -107,4 +113,22 @@ def format_task(task: dict) -> str:
         bad = item["report"]["bad_rows"]
         lines.append(f"{name:<10} {item['examples']:>5} rows  {details}"
                      + (f"  BAD: {bad} (first at {item['report']['first_bad']})" if bad else ""))
+    return "\n".join(lines)
+
+
+def format_curation(counts: dict, listings: dict[str, str]) -> str:
+    """One line per curation stage: read, kept, dropped by reason, and where the listing is."""
+    lines = []
+    for stage in ("quality", "dedup", "contamination"):
+        if stage not in counts:
+            continue
+        item = counts[stage]
+        removed = ", ".join(f"{reason} {n}" for reason, n in item["dropped"].items())
+        flagged = ", ".join(f"{reason} {n}" for reason, n in item.get("flagged", {}).items())
+        lines.append(f"curation {stage:<13} read {item['read']:>7}  kept {item['kept']:>7}  dropped: {removed}"
+                     + (f"  flagged: {flagged}" if flagged else "") + f"  → {listings.get(stage, '-')}")
+    documents = counts.get("documents", {})
+    if documents:
+        lines.append(f"curation result: {documents['read']} documents read, {documents['train']} train, "
+                     f"{documents['eval']} held out")
     return "\n".join(lines)

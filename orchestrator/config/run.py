@@ -17,6 +17,7 @@ from orchestrator.config.loader import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UN
                                         ConfigError, FieldError, Range, apply_overrides, check_ranges, from_dict,
                                         load_file, to_dict)
 from orchestrator.config.model import GPTConfig, get_model
+from orchestrator.data.curation.config import CurationConfig
 from orchestrator.data.task import TaskConfig
 from orchestrator.plan.layout import Layout
 from orchestrator.plan.validate import layout_range_errors
@@ -113,6 +114,8 @@ class DataConfig:
     """The trained BPE also reads the task's word lists this many times, so each task word is one
     token (as a tokenizer trained on broad data would have it); 0: the corpus alone. A tiny model
     cannot learn to spell 3-token words in a CPU-minute, and the RM should see wrong words as wrong tokens."""
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    """GPT-3's data preparation (quality filter, fuzzy dedup, contamination), each stage off unless named."""
 
     def __post_init__(self) -> None:
         if not self.sources:

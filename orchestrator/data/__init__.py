@@ -8,6 +8,7 @@ pretrain.py the weighted mixture (``interleave_datasets``), held-out split, resu
 task.py     the word-list task and its deterministic oracle (pure Python)
 taskfiles.py / rlhf.py  reading the SFT / RM / PPO JSONL files; tensors and collators
 format.py   how a prompt and a response become one token sequence (shared by all three)
+curation/   GPT-3's quality filter, MinHash dedup and contamination check, before the split and mixture
 
 Nothing here is imported by ``orchestrator.data`` itself, so ``config`` may import ``task``
 without pulling in torch or datasets.

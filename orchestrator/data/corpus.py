@@ -41,6 +41,19 @@ class SourceDocuments:
     """Hash of the files' contents and of how they are read: the key of everything derived."""
     documents: datasets.Dataset
     report: DataReport
+    row_files: tuple[Path, ...] = ()
+    """The files in the order their rows were read (grouped by kind: text, JSON, parquet)."""
+    file_rows: tuple[int, ...] = ()
+    """Rows read from each of ``row_files``, refused ones included."""
+    kept_rows: np.ndarray | None = None
+    """Each document's position among all rows read, so ``origin`` can name its file and row."""
+
+    def origin(self, document: int) -> tuple[Path, int]:
+        """(file, 0-based row of that file — a paragraph or line of a .txt) of document ``document``."""
+        position = int(self.kept_rows[document])
+        starts = np.cumsum((0,) + self.file_rows)
+        file = int(np.searchsorted(starts, position, side="right")) - 1
+        return self.row_files[file], position - int(starts[file])
 
 
 def embedded_files(which: str | None = None) -> list[Path]:
@@ -120,14 +133,16 @@ def load_source(source: SourceConfig, *, cache_dir: Path) -> SourceDocuments:
     digests = [sha256_file(f) for f in files]
     fingerprint = source_fingerprint(source, digests)
     plain = [decompressed(f, digest=d, cache_dir=cache_dir) for f, d in zip(files, digests)]
-    parts = []
-    for kind in ("text", "json", "parquet"):
-        chosen = [str(p) for p, f in zip(plain, files) if kind_of(f) == kind]
-        if chosen:
-            parts.append(_checked_rows(kind, chosen, source=source, cache_dir=cache_dir,
-                                       fingerprint=f"{fingerprint[:16]}-{kind}"))
+    parts, row_files = [], []
+    for kind in ("text", "json", "parquet"):  # one file at a time, so every row knows its file
+        for plain_file, file, digest in zip(plain, files, digests):
+            if kind_of(file) == kind:
+                parts.append(_checked_rows(kind, [str(plain_file)], source=source, cache_dir=cache_dir,
+                                           fingerprint=f"{fingerprint[:16]}-{digest[:16]}"))
+                row_files.append(file)
     rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    report = _tally(rows, source=source.name)
+    reasons = rows.with_format("arrow")["bad"].to_numpy(zero_copy_only=False)
+    report = _tally(reasons, source=source.name)
     documents = rows.filter(lambda bad: [b == "" for b in bad], input_columns="bad", batched=True,
                             new_fingerprint=f"{fingerprint[:16]}-kept").remove_columns("bad")
     if len(documents) == 0:
@@ -135,7 +150,8 @@ def load_source(source: SourceConfig, *, cache_dir: Path) -> SourceDocuments:
                         + (f"; is the text in field {source.text_field!r}? set its text_field" if
                            report.bad_rows.get("missing_field") else ""))
     return SourceDocuments(name=source.name, files=tuple(files), fingerprint=fingerprint,
-                           documents=documents, report=report)
+                           documents=documents, report=report, row_files=tuple(row_files),
+                           file_rows=tuple(len(part) for part in parts), kept_rows=np.flatnonzero(reasons == ""))
 
 
 def _checked_rows(kind: str, files: list[str], *, source: SourceConfig, cache_dir: Path,
@@ -198,13 +214,13 @@ def _parse_json_lines(field: str):
     return parse
 
 
-def _tally(rows: datasets.Dataset, *, source: str) -> DataReport:
-    reasons = rows.with_format("arrow")["bad"].to_numpy(zero_copy_only=False)
+def _tally(reasons: np.ndarray, *, source: str) -> DataReport:
+    """Refused rows per reason (``reasons``: "" or the reason, one per row read)."""
     bad: dict[str, int] = {}
     first: dict[str, str] = {}
     for reason in sorted(set(reasons.tolist()) - {""}):
         hits = np.flatnonzero(reasons == reason)
         bad[reason] = int(hits.size)
         first[reason] = f"row {int(hits[0]) + 1}"
-    return DataReport(source=source, rows_read=len(rows), rows_kept=len(rows) - sum(bad.values()),
+    return DataReport(source=source, rows_read=len(reasons), rows_kept=len(reasons) - sum(bad.values()),
                       bad_rows=bad, first_bad=first)

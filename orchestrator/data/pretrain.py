@@ -1,4 +1,4 @@
-"""Pretraining data: sources → tokenizer → held-out split → packed blocks → a resumable mixture.
+"""Pretraining data: sources → [curation] → tokenizer → held-out split → packed blocks → a resumable mixture.
 
     data = build_pretrain_data(config.data, seq_len=128, seed=config.seed)
     batch = data.train_batch(position=p, micro_batch=16, dp_rank=r, dp_size=d)
@@ -11,14 +11,17 @@ advances position by micro_batch · dp_size. Storing position in the checkpoint 
 needs to get exactly the same next batch (the order depends only on the seed).
 
 The held-out split is by document (``eval_fraction`` of each source's documents, chosen by
-``split_seed``), so no evaluation text is ever trained on.
+``split_seed``), so no evaluation text is ever trained on. With ``data.curation`` stages on
+(``orchestrator/data/curation``), the quality filter and dedup run before the split, the
+contamination check after it, and the tokenizer learns the curated documents.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import datasets
 import numpy as np
@@ -34,6 +37,9 @@ from orchestrator.data.packing import Blocks, TokenStream, ensure_stream
 from orchestrator.data.report import DataError, DataReport, combine
 from orchestrator.data.tokenizer import (TokenizerInfo, ensure_trained_tokenizer, iterate_texts, load_tokenizer,
                                          tokenizer_info)
+
+if TYPE_CHECKING:
+    from orchestrator.data.curation.pipeline import Curation
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,10 @@ def split_documents(documents: datasets.Dataset, *, eval_fraction: float, seed: 
 
 
 def pack_source(source: SourceDocuments, *, weight: float, data: DataConfig, tokenizer, info: TokenizerInfo,
-                seq_len: int) -> SourceBlocks:
-    train_docs, eval_docs = split_documents(source.documents, eval_fraction=data.eval_fraction, seed=data.split_seed)
+                seq_len: int, split: tuple[datasets.Dataset, datasets.Dataset] | None = None) -> SourceBlocks:
+    """Tokenize and pack one source; ``split`` is its (train, eval) documents when curation made them."""
+    train_docs, eval_docs = split or split_documents(source.documents, eval_fraction=data.eval_fraction,
+                                                     seed=data.split_seed)
     streams = {}
     for split, docs in (("train", train_docs), ("eval", eval_docs)):
         key = {"source": source.fingerprint, "tokenizer": info.tokenizer_hash, "split": split,
@@ -106,21 +114,31 @@ def build_pretrain_data(data: DataConfig, *, seq_len: int, seed: int) -> "Pretra
         raise ValueError(f"seq_len={seq_len} must be >= 1")
     cache_dir = Path(data.cache_dir).resolve()
     documents = [load_source(s, cache_dir=cache_dir) for s in data.sources]
+    curation, splits = None, [None] * len(documents)
+    if data.curation.enabled:  # GPT-3's quality filter, dedup and contamination check (data/curation)
+        from orchestrator.data.curation.pipeline import curate
+
+        curation = curate(documents, data=data, seed=seed, split=partial(
+            split_documents, eval_fraction=data.eval_fraction, seed=data.split_seed))
+        documents = [c.documents() for c in curation.sources]
+        splits = [(c.train, c.eval) for c in curation.sources]
     info = prepare_tokenizer(data, sources=documents)
     tokenizer = load_tokenizer(info.path)
     total = sum(s.weight for s in data.sources)
-    sources = [pack_source(d, weight=s.weight / total, data=data, tokenizer=tokenizer, info=info, seq_len=seq_len)
-               for d, s in zip(documents, data.sources)]
+    sources = [pack_source(d, weight=s.weight / total, data=data, tokenizer=tokenizer, info=info, seq_len=seq_len,
+                           split=split) for d, s, split in zip(documents, data.sources, splits)]
     return PretrainData(sources=sources, tokenizer=info, seq_len=seq_len, seed=seed, split_seed=data.split_seed,
-                        eval_fraction=data.eval_fraction)
+                        eval_fraction=data.eval_fraction, curation=curation)
 
 
 class PretrainData:
     """Packed blocks of every source, a seeded training order, and a fixed evaluation order."""
 
     def __init__(self, *, sources: list[SourceBlocks], tokenizer: TokenizerInfo, seq_len: int, seed: int,
-                 split_seed: int, eval_fraction: float = 0.0) -> None:
+                 split_seed: int, eval_fraction: float = 0.0, curation: "Curation | None" = None) -> None:
         self.sources = sources
+        self.curation = curation
+        """What the curation stages kept and dropped (``data.curation``); None when they are off."""
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.seed = seed
@@ -189,7 +207,8 @@ class PretrainData:
                              "train_blocks": len(s.train), "eval_documents": s.eval_stream.n_documents,
                              "eval_tokens": s.eval_stream.n_tokens, "eval_blocks": len(s.eval)}
                             for s in self.sources],
-                "report": self.report.to_dict()}
+                "report": self.report.to_dict(),
+                **({"curation": self.curation.counts} if self.curation is not None else {})}
 
 
 def _check_rank(*, micro_batch: int, dp_rank: int, dp_size: int) -> None:
