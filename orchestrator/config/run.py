@@ -46,7 +46,9 @@ class LaunchConfig:
     """``host slots=N`` lines, one per node; required when nodes > 1."""
     master_addr: str = "127.0.0.1"
     """Address of node 0 that every rank rendezvouses at."""
-    master_port: int = 29500
+    master_port: Optional[int] = None
+    """Rendezvous port; unset: a free one on single-node runs (picked as each phase starts, so two
+    runs on one machine never collide), 29500 across nodes (every node must agree)."""
     env: dict[str, str] = field(default_factory=dict)
     """Variables every node needs; written to ``.deepspeed_env`` (after the NCCL/timeout defaults)."""
     timeout_minutes: int = 10
@@ -60,7 +62,7 @@ class LaunchConfig:
     """``#SBATCH --time`` (wall-clock limit, HH:MM:SS or D-HH:MM:SS)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.master_port <= 65535:
+        if self.master_port is not None and not 1 <= self.master_port <= 65535:
             raise ValueError(f"launch.master_port={self.master_port} must be in 1..65535")
         if self.timeout_minutes < 1:
             raise ValueError(f"launch.timeout_minutes={self.timeout_minutes} must be >= 1")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from orchestrator.config.cluster import get_device
+from orchestrator.handoff.checkpoint import save_faults, step_tag
 from orchestrator.phases import outputs
 from orchestrator.phases.context import PhaseContext
 from orchestrator.phases.tracking import MetricsLog
@@ -143,7 +144,8 @@ def _train(phase: Phase, log: MetricsLog, *, start: int, skipped: int) -> None:
         if loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
             log.log("eval", step, **phase.evaluate())
         if loop.save_every and step % loop.save_every == 0 or step == loop.steps:
-            save_checkpoint(phase, step=step, skipped_total=skipped_total)
+            with save_faults(ctx.checkpoint_root, step_tag(step)):   # a full disk: one message, nothing lost
+                save_checkpoint(phase, step=step, skipped_total=skipped_total)
     if progress is not None:
         progress.close()
 

@@ -89,7 +89,7 @@ class PPO(SupervisedPhase):
         rm = outputs.parent_weights(self.ctx.run_dir, parent="reward", head="scalar",
                                     model=self.ctx.config.model.to_dict(), tokenizer_hash=self.tokenizer.tokenizer_hash)
         ppo, seed = self.config, self.ctx.config.seed
-        common = dict(total_steps=ppo.loop.steps * ppo.ppo_epochs, seed=seed,
+        common = dict(total_steps=ppo.loop.steps * ppo.ppo_epochs, seed=seed, ds_config=self.ctx.ds_config(),
                       timeout_minutes=self.ctx.config.launch.timeout_minutes)
         actor = build_runtime(self.model_config, ppo.layout, ppo.optim, head="lm",
                               init_state=None if resuming else sft, **common)
