@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -64,3 +65,15 @@ def describe(error: OSError, *, path: Optional[Path] = None, what: str = "writin
         return (f"{path} does not exist (or one of its parents is not a directory) while {what}: create it or "
                 f"fix the path; then rerun")
     return f"{error.strerror or error} on {path} while {what}"
+
+
+@contextmanager
+def writing_under(path: Path) -> Iterator[None]:
+    """An environment ``OSError`` without a file name (a write or flush on a full disk) is given
+    ``path``, the directory being written, so the message can name it."""
+    try:
+        yield
+    except OSError as err:
+        if is_fault(err) and err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from orchestrator.config.run import RunConfig, load_run_config
+from orchestrator.faults import writing_under
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     corpus = build_pretrain_data(config.data, seq_len=config.pretrain.loop.seq_len, seed=seed)
     corpus.tokenizer.check_fits(config.model.vocab)
     print(format_corpus(corpus.summary()))
-    paths = write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed)
-    task = check_task_files(paths, config=config, tokenizer_path=corpus.tokenizer.path)
-    print(format_task(task))
-    shutil.copytree(corpus.tokenizer.path, out / "tokenizer", dirs_exist_ok=True)
-    summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer")}
-    (out / "data.json").write_text(json.dumps(summary, indent=2))
+    with writing_under(out):           # a full disk names --out
+        paths = write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed)
+        task = check_task_files(paths, config=config, tokenizer_path=corpus.tokenizer.path)
+        print(format_task(task))
+        shutil.copytree(corpus.tokenizer.path, out / "tokenizer", dirs_exist_ok=True)
+        summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer")}
+        (out / "data.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {len(paths)} task files, data.json and tokenizer/ to {out}")
     return 0
 

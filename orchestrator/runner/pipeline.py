@@ -8,7 +8,8 @@ once per run directory. Then, per phase: skip it if its manifest is complete and
 verifies; otherwise write its configs, start its launcher, and tee the output to
 ``PHASE/logs/launch.log``. A failure stops the run with the log's tail and the command that
 reruns the phase; an interrupted phase is simply run again (it resumes from its latest
-checkpoint).
+checkpoint). Everything that writes runs under the run directory's lock (``runner.lock``), and a
+single-node phase gets a rendezvous port that is free as it starts.
 """
 from __future__ import annotations
 
