@@ -9,6 +9,7 @@ import pytest
 from orchestrator.config.run import load_run_config
 from orchestrator.engine.build import build_runtime, init_distributed
 from orchestrator.engine.ds_config import DS_CONFIG_FILE, ds_config_text, phase_ds_config
+from orchestrator.engine.launch.ports import free_port
 from orchestrator.phases.context import PhaseContext
 from orchestrator.plan.artifact import Plan
 from orchestrator.plan.memory import planned_bucket_elements
@@ -19,7 +20,9 @@ DS_CONFIGS = Path(__file__).resolve().parents[3] / "ds_configs"
 
 @pytest.fixture(scope="module", autouse=True)
 def world_of_one():
+    """A world of one; an earlier module may have left its process group up (and its variables gone)."""
     saved = dict(os.environ)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     init_distributed(timeout_minutes=2)
     yield
     os.environ.clear()
