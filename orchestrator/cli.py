@@ -9,6 +9,7 @@ import os
 import sys
 
 from orchestrator import __version__
+from orchestrator.faults import EnvironmentFault, describe, is_fault
 
 # name → (module under orchestrator.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # config and layout errors: one clear line, no trace
         print(f"orchestrate {command}: error: {err}", file=sys.stderr)
         return 2
+    except EnvironmentFault as err:                # the machine: a full disk, a permission (exit 1)
+        print(f"orchestrate {command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if not is_fault(err):
+            raise
+        print(f"orchestrate {command}: error: {describe(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

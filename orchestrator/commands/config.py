@@ -10,14 +10,13 @@ uses); the entry is the phase module with ``--phase`` and ``--run-dir``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from orchestrator.commands.plan import add_job_arguments, describe_plan, plan_search
-from orchestrator.engine.ds_config import build_ds_config
+from orchestrator.config.run import OptimConfig
+from orchestrator.engine.ds_config import build_ds_config, ds_config_text
 from orchestrator.engine.launch import LaunchPlan, Target, build_launch_plan, launch_env, phase_entry
 from orchestrator.plan.artifact import Plan, make_plan
-from orchestrator.plan.memory import planned_bucket_elements
 
 PHASES = ("pretrain", "sft", "reward", "ppo")
 
@@ -43,13 +42,14 @@ def companion_paths(output: str | Path) -> tuple[Path, Path, Path]:
     return output, stem.parent / f"{stem.name}.plan.json", stem.parent / f"{stem.name}.launch.json"
 
 
-def ds_config_for(plan: Plan, *, tensorboard_dir: str | None = None, wandb_project: str | None = None) -> dict:
-    """The DeepSpeed JSON for a plan: its batch triple, ZeRO stage with the buckets the memory plan
-    counted, precision, pipeline and activation checkpointing; comm overlap on GPUs."""
-    return build_ds_config(plan.layout, precision=plan.precision, grad_clip=1.0, job_name=plan.model.name,
-                           steps_per_print=10, bucket_elements=planned_bucket_elements(plan.model, plan.layout),
-                           overlap_comm=plan.gpu != "cpu", tensorboard_dir=tensorboard_dir,
-                           wandb_project=wandb_project)
+def ds_config_for(plan: Plan, *, phase: str = "pretrain", tensorboard_dir: str | None = None,
+                  wandb_project: str | None = None) -> dict:
+    """The DeepSpeed JSON a phase of this plan runs with: ``build_ds_config``, the function the
+    runner writes ``PHASE/ds_config.json`` with (the GPT-3 clipping default, 1.0), plus the
+    monitors asked for."""
+    return build_ds_config(plan.layout, model=plan.model, precision=plan.precision, gpu=plan.gpu != "cpu",
+                           grad_clip=OptimConfig().grad_clip, job_name=f"{plan.model.name}-{phase}",
+                           tensorboard_dir=tensorboard_dir, wandb_project=wandb_project)
 
 
 def launch_for(plan: Plan, args: argparse.Namespace) -> LaunchPlan:
@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(result.ranked[args.choice - 1], job)
     ds_path, plan_path, launch_path = companion_paths(args.output)
     ds_path.parent.mkdir(parents=True, exist_ok=True)
-    config = ds_config_for(plan, tensorboard_dir=args.tensorboard_dir, wandb_project=args.wandb_project)
-    ds_path.write_text(json.dumps(config, indent=2) + "\n")
+    config = ds_config_for(plan, phase=args.phase, tensorboard_dir=args.tensorboard_dir,
+                           wandb_project=args.wandb_project)
+    ds_path.write_text(ds_config_text(config))
     plan.save(plan_path)
     launch = launch_for(plan, args)
     launch_path.write_text(launch.to_json())

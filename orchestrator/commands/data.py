@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from orchestrator.config.run import RunConfig, load_run_config
+from orchestrator.faults import writing_under
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,16 +41,17 @@ def run(args: argparse.Namespace) -> int:
     corpus = build_pretrain_data(config.data, seq_len=config.pretrain.loop.seq_len, seed=seed)
     corpus.tokenizer.check_fits(config.model.vocab)
     print(format_corpus(corpus.summary()))
-    listings = corpus.curation.write_listings(out / "curation") if corpus.curation is not None else {}
-    if corpus.curation is not None:
-        print(format_curation(corpus.curation.counts, listings))
-    paths = write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed)
-    task = check_task_files(paths, config=config, tokenizer_path=corpus.tokenizer.path)
-    print(format_task(task))
-    shutil.copytree(corpus.tokenizer.path, out / "tokenizer", dirs_exist_ok=True)
-    summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer"),
-               **({"curation_listings": listings} if listings else {})}
-    (out / "data.json").write_text(json.dumps(summary, indent=2))
+    with writing_under(out):           # a full disk names --out
+        listings = corpus.curation.write_listings(out / "curation") if corpus.curation is not None else {}
+        if corpus.curation is not None:
+            print(format_curation(corpus.curation.counts, listings))
+        paths = write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed)
+        task = check_task_files(paths, config=config, tokenizer_path=corpus.tokenizer.path)
+        print(format_task(task))
+        shutil.copytree(corpus.tokenizer.path, out / "tokenizer", dirs_exist_ok=True)
+        summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer"),
+                   **({"curation_listings": listings} if listings else {})}
+        (out / "data.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {len(paths)} task files, data.json and tokenizer/ to {out}")
     return 0
 

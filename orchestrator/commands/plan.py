@@ -144,7 +144,7 @@ def header(job: Job, result: SearchResult, seconds: float) -> str:
 
 
 def format_table(plans: list[Plan]) -> str:
-    header_row = ["#", "layout", "GiB/GPU", "step s", "tokens/s", "MFU", "bubble", f"days"]
+    header_row = ["#", "layout", "GiB/GPU", "step s", "tokens/s", "MFU", "bubble", "days"]
     rows = [[str(i + 1), describe_layout(plan.layout) + (" (plan only)" if plan.plan_only else ""),
              f"{plan.prediction.memory_gib:.1f}",
              f"{plan.prediction.step_time_s:.3g}", f"{plan.prediction.tokens_per_s:,.0f}",

@@ -56,7 +56,9 @@ class LaunchConfig:
     """``host slots=N`` lines, one per node; required when nodes > 1."""
     master_addr: str = "127.0.0.1"
     """Address of node 0 that every rank rendezvouses at."""
-    master_port: int = 29500
+    master_port: Optional[int] = None
+    """Rendezvous port; unset: a free one on single-node runs (picked as each phase starts, so two
+    runs on one machine never collide), 29500 across nodes (every node must agree)."""
     env: dict[str, str] = field(default_factory=dict)
     """Variables every node needs; written to ``.deepspeed_env`` (after the NCCL/timeout defaults)."""
     timeout_minutes: int = 10

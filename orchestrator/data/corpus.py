@@ -24,6 +24,7 @@ import numpy as np
 from orchestrator.config.run import SourceConfig
 from orchestrator.data.cache import atomic_directory, hash_of, sha256_file
 from orchestrator.data.report import DataError, DataReport
+from orchestrator.faults import SPACE_ERRNOS, is_fault
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "corpus"
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -116,6 +117,8 @@ def decompressed(path: Path, *, digest: str, cache_dir: Path) -> Path:
             with atomic_directory(target) as tmp, gzip.open(path, "rb") as src, open(tmp / name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         except (OSError, EOFError, zlib.error) as err:
+            if is_fault(err) and (err.errno in SPACE_ERRNOS or err.filename != str(path)):  # the cache side
+                raise OSError(err.errno, err.strerror, str(cache_dir)) from err
             raise DataError(f"cannot decompress data file {path}: {err}") from None
     return target / name
 

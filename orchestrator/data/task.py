@@ -28,6 +28,7 @@ from pathlib import Path
 
 from orchestrator.config.loader import AT_LEAST_ONE, UNIT, Range, check_ranges
 from orchestrator.data.task_words import NUMBER_WORDS, PROMPT_TEMPLATES, TOPICS
+from orchestrator.handoff.hashing import atomic_write_text
 
 TOPIC_NAMES: tuple[str, ...] = tuple(TOPICS)
 _PROMPT = re.compile(r"\b(" + "|".join(NUMBER_WORDS) + r")\s+(" + "|".join(TOPIC_NAMES) + r")\b", re.IGNORECASE)
@@ -208,8 +209,6 @@ def write_task_files(out_dir: str | Path, *, config: TaskConfig, k: int, seed: i
     for name in TASK_FILES:
         rows = task_rows(config, name=name, k=k, seed=seed)
         path = out_dir / f"{name}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))   # a full disk leaves no .tmp
         paths[name] = path
     return paths

@@ -12,13 +12,12 @@
   4. the weights: drawn per plain tensor name (identical under every layout), or cut from a
      plain state dict handed over by the previous phase;
   5. AdamW over decay / no-decay / expert groups, guarded against non-finite losses;
-  6. ``deepspeed.initialize`` with the planner's DeepSpeed config (ZeRO stage and the buckets its
-     memory plan counted, offload, precision, batch triple), which adds ZeRO partitioning and the
-     data-parallel reduction.
+  6. ``deepspeed.initialize`` with the phase's DeepSpeed config (``engine.ds_config``: ZeRO stage
+     and the buckets the memory plan counted, offload, precision, batch triple), passed unchanged;
+     it adds ZeRO partitioning and the data-parallel reduction.
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
@@ -27,15 +26,14 @@ from torch import Tensor, nn
 from orchestrator.config.model import GPTConfig
 from orchestrator.config.run import OptimConfig
 from orchestrator.engine.consolidate import check_plain_state, local_shards
-from orchestrator.engine.ds_config import build_ds_config
+from orchestrator.engine.ds_config import build_ds_config, check_ds_config, config_precision, optimizer_clips
 from orchestrator.engine.optim import GuardedAdamW, StepGuard, global_norm_clipper, parameter_groups
-from orchestrator.engine.parallel import (DistributedContext, ParallelState, build_parallel_state,
+from orchestrator.engine.parallel import (ParallelState, build_parallel_state,
                                           init_distributed)
 from orchestrator.engine.runtime import Runtime, StepResult
 from orchestrator.model.gpt import GPT
 from orchestrator.model.params import init_parameters, load_plain_state, materialize
 from orchestrator.plan.layout import Layout
-from orchestrator.plan.memory import planned_bucket_elements
 from orchestrator.plan.validate import require_runtime
 
 __all__ = ["build_runtime", "init_distributed", "Runtime", "StepResult"]
@@ -45,21 +43,32 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *, total_steps: int,
                   head: str = "lm", seed: int, precision: Optional[str] = None,
-                  ds_overrides: Optional[dict] = None, init_state: Optional[dict[str, Tensor]] = None,
+                  ds_config: Optional[dict] = None, init_state: Optional[dict[str, Tensor]] = None,
                   timeout_minutes: float = 10.0) -> Runtime:
     """This rank's ``Runtime`` for ``model_config`` under ``layout``. Collective: all ranks call it.
 
-    ``precision``: None picks bf16 on CUDA and fp32 on CPU. ``init_state``: a plain (consolidated)
-    state dict to start from instead of a fresh init — every rank passes it. ``ds_overrides`` is
-    merged into the DeepSpeed config last (nested dicts merge key by key).
+    ``ds_config``: the DeepSpeed config, passed to ``deepspeed.initialize`` exactly as given (a
+    phase passes its ``PHASE/ds_config.json``); its precision is the run's. None builds it with
+    ``engine.ds_config.build_ds_config``, the function the runner writes that file with, for
+    ``precision`` (None: bf16 on CUDA, fp32 on CPU) and ``optim.grad_clip``. ``init_state``: a
+    plain (consolidated) state dict to start from instead of a fresh init — every rank passes it.
     """
     # 1. the job and the layout
     context = init_distributed(timeout_minutes=timeout_minutes)
     layout = layout.resolve(context.world)
     require_runtime(layout, model_config, head=head)   # the validator `orchestrate run` ran before launch
-    precision = precision or ("bf16" if context.device.type == "cuda" else "fp32")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if ds_config is None:
+        precision = precision or ("bf16" if context.device.type == "cuda" else "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+        ds_config = build_ds_config(layout, model=model_config, precision=precision,
+                                    gpu=context.device.type == "cuda", grad_clip=optim.grad_clip)
+    else:
+        check_ds_config(ds_config, layout, source="the DeepSpeed config")
+        if precision is not None and precision != config_precision(ds_config):
+            raise ValueError(f"precision={precision!r} but the DeepSpeed config trains in "
+                             f"{config_precision(ds_config)}: pass one of them")
+        precision = config_precision(ds_config)
     if init_state is not None:
         check_plain_state(init_state, config=model_config, head=head)
     # 2. the grid
@@ -77,16 +86,10 @@ def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *
         load_plain_state(shards, init_state)
     _seed_dropout(seed, state)
     # 5. the optimizer (we clip ourselves only where DeepSpeed hands AdamW the model's own fp32 parameters)
-    own_clipping = layout.zero_stage == 0 and precision == "fp32"
+    own_clipping = optimizer_clips(layout, precision)
     optimizer = GuardedAdamW(parameter_groups(module, weight_decay=optim.weight_decay), optim=optim, guard=guard,
                              clip_norm=global_norm_clipper(state) if own_clipping else None)
-    # 6. DeepSpeed
-    # the buckets, prefetch and live-parameter window the memory plan counted, not DeepSpeed's 5e8 defaults
-    ds_config = build_ds_config(layout, precision=precision, grad_clip=0.0 if own_clipping else optim.grad_clip,
-                                bucket_elements=planned_bucket_elements(model_config, layout))
-    # GuardedAdamW is torch's AdamW plus the skip guard; DeepSpeed vets ZeRO optimizers by exact type.
-    ds_config["zero_allow_untested_optimizer"] = True
-    ds_config = _merge(ds_config, ds_overrides or {})
+    # 6. DeepSpeed, with the config as given (the buckets the memory plan counted, clipping 0 where we clip)
     runtime.engine = _initialize(module, optimizer, ds_config, state=state)
     return runtime
 
@@ -153,12 +156,3 @@ def _check_engine_grid(engine, state: ParallelState) -> None:
             raise RuntimeError(f"DeepSpeed placed this rank at expert-parallel rank {dist.get_rank(group=ep_group)}, "
                                f"our grid at {state.ep_rank}")
 
-
-def _merge(base: dict, overrides: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

@@ -1,5 +1,7 @@
-"""The DeepSpeed JSON for a layout. Pure Python (no torch): the planner writes it, the runtime
-passes the same dict to ``deepspeed.initialize``.
+"""The DeepSpeed JSON of a phase or a plan: one function, ``build_ds_config``, writes it for the
+runner (``PHASE/ds_config.json``, which every rank reads and hands to ``deepspeed.initialize``
+unchanged), for ``orchestrate config -o FILE`` and for ``build_runtime`` called directly. Pure
+Python (no torch).
 
 Field names follow DeepSpeed's config reference (deepspeed.ai/docs/config-json). The batch
 triple obeys DeepSpeed's identity train_batch_size = micro_batch × grad_accum × dp, where dp is
@@ -7,11 +9,20 @@ the data-parallel size (world / (tp · pp)), not the world size.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+import json
+from typing import TYPE_CHECKING, Literal, Optional
 
+from orchestrator.config.model import GPTConfig
 from orchestrator.plan.layout import Layout
+from orchestrator.plan.memory import planned_bucket_elements
+
+if TYPE_CHECKING:
+    from orchestrator.config.run import RunConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
+DS_CONFIG_FILE = "ds_config.json"
+STEPS_PER_PRINT = 10**9
+"""DeepSpeed's own step log is off: the train loop logs every step it is asked to."""
 
 
 def zero_section(layout: Layout, *, bucket_elements: Optional[int] = None, overlap_comm: bool = False) -> dict:
@@ -60,12 +71,25 @@ def monitor_section(*, tensorboard_dir: Optional[str], wandb_project: Optional[s
     return section
 
 
-def build_ds_config(layout: Layout, *, precision: Precision = "fp32", grad_clip: float = 1.0,
-                    tensorboard_dir: Optional[str] = None, wandb_project: Optional[str] = None,
-                    job_name: str = "orchestrator", steps_per_print: int = 10**9,
-                    bucket_elements: Optional[int] = None, overlap_comm: bool = False,
-                    csv_dir: Optional[str] = None) -> dict:
-    """The DeepSpeed config dict for ``layout`` (dp must be resolved).
+def optimizer_clips(layout: Layout, precision: str) -> bool:
+    """Whether our AdamW clips by the global gradient norm itself (and DeepSpeed's
+    ``gradient_clipping`` is 0): only with ZeRO 0 in fp32, where DeepSpeed hands the optimizer the
+    model's own parameters; everywhere else DeepSpeed clips its fp32 master gradients."""
+    return layout.zero_stage == 0 and precision == "fp32"
+
+
+def build_ds_config(layout: Layout, *, model: GPTConfig, precision: Precision = "fp32", gpu: bool = False,
+                    grad_clip: float = 1.0, job_name: str = "orchestrator", tensorboard_dir: Optional[str] = None,
+                    wandb_project: Optional[str] = None, csv_dir: Optional[str] = None) -> dict:
+    """The DeepSpeed config dict the engine runs ``model`` under ``layout`` with (dp resolved).
+
+    - the batch triple, ZeRO stage, offload, precision, pipeline and activation checkpointing;
+    - the reduce / all-gather (ZeRO-3: prefetch, live, reuse) buckets the memory plan counted
+      (``plan.memory.planned_bucket_elements``), not DeepSpeed's 5e8-element defaults;
+    - ``overlap_comm`` on GPUs (the time model assumes the gradient reduction overlaps the backward);
+    - ``gradient_clipping`` = ``grad_clip``, or 0 where our optimizer clips (``optimizer_clips``);
+    - ``zero_allow_untested_optimizer``: the engine's optimizer is torch's AdamW plus a skip guard
+      (``engine.optim.GuardedAdamW``), and DeepSpeed vets ZeRO optimizers by exact type.
 
     The optimizer and LR schedule are not in the JSON: the runtime builds AdamW with our own
     parameter groups (no decay on biases and norms, expert groups for MoE) and passes it to
@@ -75,10 +99,12 @@ def build_ds_config(layout: Layout, *, precision: Precision = "fp32", grad_clip:
         "train_batch_size": layout.global_batch,
         "train_micro_batch_size_per_gpu": layout.micro_batch,
         "gradient_accumulation_steps": layout.grad_accum,
-        "gradient_clipping": grad_clip,
-        "steps_per_print": steps_per_print,
+        "gradient_clipping": 0.0 if optimizer_clips(layout, precision) else grad_clip,
+        "steps_per_print": STEPS_PER_PRINT,
         "wall_clock_breakdown": False,
-        "zero_optimization": zero_section(layout, bucket_elements=bucket_elements, overlap_comm=overlap_comm),
+        "zero_optimization": zero_section(layout, bucket_elements=planned_bucket_elements(model, layout),
+                                          overlap_comm=gpu),
+        "zero_allow_untested_optimizer": True,
         **precision_section(precision),
         **monitor_section(tensorboard_dir=tensorboard_dir, wandb_project=wandb_project, job_name=job_name,
                           csv_dir=csv_dir),
@@ -98,3 +124,43 @@ def build_ds_config(layout: Layout, *, precision: Precision = "fp32", grad_clip:
     if layout.zero_stage >= 1 and layout.offload_optimizer:
         config["zero_force_ds_cpu_optimizer"] = False
     return config
+
+
+def cluster_precision(gpu: str) -> Precision:
+    """bf16 on GPU clusters (GPT-3 scale training), fp32 for CPU ranks (``cluster.gpu: cpu``)."""
+    return "bf16" if gpu != "cpu" else "fp32"
+
+
+def phase_ds_config(config: "RunConfig", *, phase: str, layout: Layout) -> dict:
+    """``build_ds_config`` for one phase of a run, ``layout`` resolved against the cluster's world:
+    what the runner writes to ``PHASE/ds_config.json``."""
+    return build_ds_config(layout, model=config.model, precision=cluster_precision(config.cluster.gpu),
+                           gpu=config.cluster.gpu != "cpu", grad_clip=config.phase(phase).optim.grad_clip,
+                           job_name=f"{config.name}-{phase}")
+
+
+def ds_config_text(config: dict) -> str:
+    """The JSON text every writer of a DeepSpeed config uses (so equal dicts give equal bytes)."""
+    return json.dumps(config, indent=2) + "\n"
+
+
+def config_precision(config: dict) -> Precision:
+    """The precision a DeepSpeed config trains in (its ``bf16`` / ``fp16`` sections)."""
+    if config.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if config.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"
+
+
+def check_ds_config(config: dict, layout: Layout, *, source: str) -> None:
+    """Refuse a DeepSpeed config whose batch triple or ZeRO stage is not the layout's (a
+    ``ds_config.json`` left over from another layout or world), naming the fields and the fix."""
+    expected = {"train_batch_size": layout.global_batch, "train_micro_batch_size_per_gpu": layout.micro_batch,
+                "gradient_accumulation_steps": layout.grad_accum}
+    found = {key: config.get(key) for key in expected}
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if found != expected or stage != layout.zero_stage:
+        raise ValueError(f"{source} says {found} and ZeRO stage {stage}, but the layout on this world "
+                         f"(tp {layout.tp} × pp {layout.pp} × dp {layout.dp}) needs {expected} and ZeRO stage "
+                         f"{layout.zero_stage}: start the phase with `orchestrate run`, which rewrites it")

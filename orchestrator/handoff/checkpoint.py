@@ -28,8 +28,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from orchestrator.faults import NEARLY_FULL_BYTES, SPACE_ERRNOS, EnvironmentFault, describe, free_bytes, is_fault, tree_bytes
 from orchestrator.handoff.errors import HandoffError
 from orchestrator.handoff.hashing import atomic_write_text, files_under, fsync_path, fsync_tree, sha256_file
 
@@ -105,9 +108,54 @@ def commit(root: Path | str, tag: str, staging: Path | str) -> Path:
         os.replace(final, replaced)
     os.replace(staging, final)
     fsync_path(root)
-    atomic_write_text(root / LATEST_FILE, tag + "\n")
+    try:
+        atomic_write_text(root / LATEST_FILE, tag + "\n")
+    except OSError:  # ``latest`` still names the previous checkpoint: put everything back as it was
+        shutil.rmtree(final, ignore_errors=True)
+        if replaced.exists():
+            os.replace(replaced, final)
+        raise
     shutil.rmtree(replaced, ignore_errors=True)
     return final
+
+
+@contextmanager
+def save_faults(root: Path | str, tag: str) -> Iterator[None]:
+    """Around a whole save (every rank's writes, then the commit): a full disk, a denied permission
+    or a missing directory removes the staging directory and becomes one ``EnvironmentFault`` that
+    names the path, the bytes to free and the checkpoint a rerun resumes from; ``latest`` and the
+    committed checkpoints stay as they were.
+
+    torch's zip writer reports a full disk as a ``RuntimeError`` without errno, so a failed write
+    that leaves the filesystem (nearly) full counts as one too.
+    """
+    root = Path(root)
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        staging = root / f".{_check_tag(tag)}{STAGING_SUFFIX}"
+        message = _save_fault_message(error, root, tag, staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        if message is None:
+            raise
+        raise EnvironmentFault(message) from error
+
+
+def _save_fault_message(error: BaseException, root: Path, tag: str, staging: Path) -> str | None:
+    previous = read_latest(root)
+    resume = (f"the committed checkpoint {previous} is intact and a rerun resumes from it" if previous
+              else "no checkpoint of this phase was committed yet: a rerun starts it again")
+    what = f"saving checkpoint {tag}"
+    if is_fault(error) and error.errno not in SPACE_ERRNOS:
+        return f"{describe(error, what=what)}; {resume}"
+    needed = tree_bytes(previous) if previous else tree_bytes(staging)
+    if not is_fault(error) and free_bytes(root) >= max(NEARLY_FULL_BYTES, needed - tree_bytes(staging)):
+        return None                                # not the disk: let the real error through
+    free = free_bytes(root) + tree_bytes(staging)  # what is free once the partial save is removed
+    fix = (f"free at least {needed - free} bytes there" if needed > free else "free space there")
+    return (f"no space left on {root} while {what} ({free} bytes free once the partial save is removed; a "
+            f"checkpoint of this phase takes about {needed}): {fix}, lower loop.keep_checkpoints, or move the run "
+            f"directory to a bigger disk; {resume}")
 
 
 def _recover(root: Path) -> None:

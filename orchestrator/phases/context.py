@@ -2,6 +2,7 @@
 reads from the run directory: the run's tokenizer and its parents' weights."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from orchestrator.config.run import RunConfig, load_run_config
 from orchestrator.data.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_info
 from orchestrator.handoff.manifest import PARENTS
+from orchestrator.engine.ds_config import DS_CONFIG_FILE, ds_config_text, phase_ds_config
+from orchestrator.handoff.hashing import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,19 @@ class PhaseContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def ds_config(self) -> dict:
+        """The DeepSpeed config this phase's engines are built with: ``PHASE/ds_config.json`` as the
+        runner wrote it, read, never rebuilt, so the record is what runs. A phase started by hand
+        without one writes it first (rank 0), from the function the runner uses."""
+        path = self.phase_dir / DS_CONFIG_FILE
+        if path.is_file():
+            return json.loads(path.read_text())
+        layout = self.config.phase(self.phase).layout.resolve(self.world)
+        config = phase_ds_config(self.config, phase=self.phase, layout=layout)
+        if self.is_main:
+            atomic_write_text(path, ds_config_text(config))
+        return config
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:

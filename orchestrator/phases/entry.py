@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.config.run import PHASES
+from orchestrator.faults import EnvironmentFault
 
 PHASE_CLASSES = {"pretrain": ("orchestrator.phases.pretrain", "Pretrain"),
                  "sft": ("orchestrator.phases.sft", "SFT"),
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     job = init_distributed(timeout_minutes=config.launch.timeout_minutes)
     ctx = PhaseContext(phase=args.phase, run_dir=Path(args.run_dir), config=config, rank=job.rank, world=job.world)
     module, name = PHASE_CLASSES[args.phase]
-    final = run(getattr(importlib.import_module(module), name)(ctx))
+    try:
+        final = run(getattr(importlib.import_module(module), name)(ctx))
+    except EnvironmentFault as fault:   # a full disk during a save: one line, not a traceback per rank
+        print(f"{args.phase}: rank {ctx.rank}: error: {fault}", file=sys.stderr, flush=True)
+        return 1
     if ctx.is_main:
         print(f"{args.phase}: complete: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()
                                                      if isinstance(v, (int, float))))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from orchestrator.engine.peak import MFUMeter
+from orchestrator.handoff.checkpoint import save_faults, step_tag
 from orchestrator.phases import checkpointing, outputs
 from orchestrator.phases.context import PhaseContext
 from orchestrator.phases.tracking import MetricsLog
@@ -137,7 +138,8 @@ def _train(phase: Phase, log: MetricsLog, *, start: int, skipped: int) -> None:
         if loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
             log.log("eval", step, **phase.evaluate())
         if loop.save_every and step % loop.save_every == 0 or step == loop.steps:
-            checkpointing.save_checkpoint(phase, step=step, skipped_total=skipped_total)
+            with save_faults(ctx.checkpoint_root, step_tag(step)):   # a full disk: one message, nothing lost
+                checkpointing.save_checkpoint(phase, step=step, skipped_total=skipped_total)
     if progress is not None:
         progress.close()
 

@@ -7,6 +7,7 @@ the consolidated dict into whatever layout it has. Only rank 0 touches manifests
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -63,7 +64,10 @@ def complete(manifest: Manifest, phase_dir: Path, *, step: int, metrics: dict) -
 
 
 def fail(manifest: Manifest, phase_dir: Path, *, step: int, error: BaseException) -> None:
-    write_manifest(phase_dir, failed_manifest(manifest, step=step, error=f"{type(error).__name__}: {error}"))
+    try:
+        write_manifest(phase_dir, failed_manifest(manifest, step=step, error=f"{type(error).__name__}: {error}"))
+    except OSError as unwritable:  # a full disk must not hide the error that stopped the phase
+        print(f"could not record the failure in {phase_dir}/manifest.json: {unwritable}", file=sys.stderr)
 
 
 def barrier() -> None:

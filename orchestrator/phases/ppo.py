@@ -93,7 +93,7 @@ class PPO(Phase):
         sft = parent_state(self.ctx, parent="sft", tokenizer=self.tokenizer)
         rm = parent_state(self.ctx, parent="reward", tokenizer=self.tokenizer)
         ppo, seed = self.config, self.ctx.config.seed
-        common = dict(total_steps=ppo.loop.steps * ppo.ppo_epochs, seed=seed,
+        common = dict(total_steps=ppo.loop.steps * ppo.ppo_epochs, seed=seed, ds_config=self.ctx.ds_config(),
                       timeout_minutes=self.ctx.config.launch.timeout_minutes)
         actor = build_runtime(self.model_config, ppo.layout, ppo.optim, head="lm",
                               init_state=None if resuming else sft, **common)

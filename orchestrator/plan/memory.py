@@ -201,8 +201,9 @@ def reduction_buffer_bytes(rank: RankParams, layout: Layout, job: Job) -> float:
     - ZeRO-3: the reduce bucket, kept for the whole run (``stage3.py``: ``_setup_for_real_optimizer``),
       and the interleaved copy its reduce-scatter makes (``comm/coalesced_collectives.py``:
       ``reduce_scatter_coalesced``, torch.cat). Gathered parameters count as parameters.
-    The bucket is ``planned_bucket_elements``; ``overlap_comm`` (which ``orchestrate config`` sets on
-    GPUs, ``build_runtime`` does not) would add a second ZeRO-1/2 bucket and is not counted.
+    The bucket is ``planned_bucket_elements``. ``overlap_comm``, which ``engine.ds_config`` sets on
+    GPUs (never on CPU ranks, where these figures are measured), adds a second ZeRO-1/2 reduce
+    bucket (``stage_1_and_2.py`` double-buffers its ``ipg_buffer``) that is not counted here.
     """
     if layout.zero_stage == 0:
         if layout.dp == 1 and layout.pp == 1:

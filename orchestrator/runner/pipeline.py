@@ -8,7 +8,8 @@ once per run directory. Then, per phase: skip it if its manifest is complete and
 verifies; otherwise write its configs, start its launcher, and tee the output to
 ``PHASE/logs/launch.log``. A failure stops the run with the log's tail and the command that
 reruns the phase; an interrupted phase is simply run again (it resumes from its latest
-checkpoint).
+checkpoint). Everything that writes runs under the run directory's lock (``runner.lock``), and a
+single-node phase gets a rendezvous port that is free as it starts.
 """
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ from orchestrator.config.loader import to_dict
 from orchestrator.config.run import PHASES, RunConfig
 from orchestrator.engine.launch import ENTRY_MODULE, LaunchCommand, deepspeed_env_text
 from orchestrator.handoff.checkpoint import read_latest, relayout_refusal
-from orchestrator.handoff.manifest import PARENTS, Manifest, rerun_hint, verified_complete, verify_parent
-from orchestrator.runner.prepare import (DEEPSPEED_ENV, PhaseJob, missing_backend, prepare_jobs, with_run_dir,
-                                              write_job, write_run_files)
+from orchestrator.handoff.manifest import (PARENTS, Manifest, manifest_path, rerun_hint, verified_complete,
+                                          verify_parent)
+from orchestrator.runner.lock import RunLock, current_holder
+from orchestrator.runner.prepare import (DEEPSPEED_ENV, PhaseJob, missing_backend, prepare_jobs, with_fresh_port,
+                                              with_run_dir, write_job, write_run_files)
 from orchestrator.runner.process import format_tail, run_logged
 
 
@@ -124,6 +127,18 @@ def resume_refusal(job: PhaseJob) -> Optional[str]:
     return f"{job.phase}: {refusal}" if refusal else None
 
 
+def manifest_stamps(run_dir: Path, phases: list[str]) -> list[Optional[tuple[int, int]]]:
+    """(mtime, size) of each phase's manifest: whether another run changed a phase since we looked."""
+    stamps = []
+    for phase in phases:
+        try:
+            stat = manifest_path(run_dir, phase).stat()
+            stamps.append((stat.st_mtime_ns, stat.st_size))
+        except FileNotFoundError:
+            stamps.append(None)
+    return stamps
+
+
 def run_step(step: Step, *, run_dir: Path, node_rank: int, out: IO[str]) -> int:
     """Start the phase's launcher for this node; 0 once the phase is complete."""
     job, started = step.job, time.monotonic()
@@ -155,14 +170,18 @@ def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Opti
     out = out or sys.stdout
     config = with_run_dir(config, run_dir)
     directory = Path(config.run_dir)
-    steps = plan_steps(config, run_dir=directory, selected=select_phases(config.phases, only=only, start=start),
-                       entry_module=entry_module)
+    selected = select_phases(config.phases, only=only, start=start)
+    stamps = manifest_stamps(directory, selected)
+    steps = plan_steps(config, run_dir=directory, selected=selected, entry_module=entry_module)
     describe_run(config, directory, steps, out)
     needs_data = with_data and node_rank == 0 and any(s.done is None for s in steps)
     backend = missing_backend(config)
     if dry_run:
         if backend:
             print(f"warning: {backend}", file=out)
+        if (holder := current_holder(directory, node_rank=node_rank)) is not None:
+            print(f"warning: {directory} is in use by `orchestrate run`, {holder.describe()}: a real run is refused "
+                  f"until it ends", file=out)
         if needs_data and not data_ready(directory):
             print(f"[data] $ {data_command(directory).shell()}", file=out)
         print_dry_run(config, directory, steps, out)
@@ -172,6 +191,16 @@ def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Opti
     refusals = [refusal for step in steps if step.done is None and (refusal := resume_refusal(step.job))]
     if refusals:
         raise ValueError("; ".join(refusals))
+    with RunLock(directory, node_rank=node_rank, out=out):   # one writer per run directory (and node rank)
+        if manifest_stamps(directory, selected) != stamps:    # another run moved on since the checks: check again
+            steps = plan_steps(config, run_dir=directory, selected=selected, entry_module=entry_module)
+        return run_locked(config, directory, steps, needs_data=needs_data, node_rank=node_rank,
+                          entry_module=entry_module, out=out)
+
+
+def run_locked(config: RunConfig, directory: Path, steps: list[Step], *, needs_data: bool, node_rank: int,
+               entry_module: str, out: IO[str]) -> int:
+    """The writing part of a run, under the run-directory lock: run files, data, then each phase."""
     write_run_files(config, directory, dict(steps[0].job.launch.commands[0].env))
     if needs_data and (code := prepare_data(directory, out)) != 0:
         return code
@@ -179,12 +208,14 @@ def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Opti
         if step.done is not None:
             print(skip_message(directory, step), file=out, flush=True)
             continue
+        # a single-node rendezvous port picked now, just before the launcher binds it
+        step = dataclasses.replace(step, job=with_fresh_port(config, step.job, run_dir=directory,
+                                                             entry_module=entry_module))
         write_job(config, step.job)
         code = run_step(step, run_dir=directory, node_rank=node_rank, out=out)
         if code != 0:
             return code
     return 0
-
 
 
 def write_sbatch(config: RunConfig, *, run_dir: Optional[str] = None, path: str) -> Path:

@@ -19,9 +19,10 @@ import yaml
 from orchestrator.config.cluster import Cluster, get_device
 from orchestrator.config.loader import to_dict
 from orchestrator.config.run import RunConfig, run_config_yaml
-from orchestrator.engine.ds_config import Precision, build_ds_config
+from orchestrator.engine.ds_config import DS_CONFIG_FILE, Precision, cluster_precision, ds_config_text, phase_ds_config
 from orchestrator.engine.launch import (ENTRY_MODULE, LaunchPlan, Target, accelerate_config, build_launch_plan,
                                         check_hosts, deepspeed_env_text, launch_env, phase_entry, read_hostfile)
+from orchestrator.engine.launch.ports import free_port
 from orchestrator.handoff.hashing import atomic_write_text
 from orchestrator.plan.job import BatchTarget, Job
 from orchestrator.plan.layout import Layout, LayoutError
@@ -93,7 +94,7 @@ def uses_gpu(config: RunConfig) -> bool:
 
 def phase_precision(config: RunConfig) -> Precision:
     """bf16 on GPU clusters (GPT-3 scale training), fp32 for CPU ranks."""
-    return "bf16" if uses_gpu(config) else "fp32"
+    return cluster_precision(config.cluster.gpu)
 
 
 def launch_target(config: RunConfig) -> Target:
@@ -109,8 +110,30 @@ def launch_target(config: RunConfig) -> Target:
             check_hosts(read_hostfile(hostfile), nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node,
                         where=f"hostfile {launch.hostfile}")
     return Target(nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node, hostfile=hostfile,
-                  multinode=launch.multinode, master_addr=launch.master_addr, master_port=launch.master_port,
+                  multinode=launch.multinode, master_addr=launch.master_addr, master_port=master_port(config),
                   launcher_args=launch.launcher_args)
+
+
+DEFAULT_MASTER_PORT = 29500
+"""DeepSpeed's and torchrun's default, for multi-node runs whose recipe sets no port."""
+
+
+def master_port(config: RunConfig) -> int:
+    """``launch.master_port`` if the recipe sets it; else 29500 across nodes (each node computes the
+    same) and, on one node, a port free right now (``launch.ports.free_port``)."""
+    if config.launch.master_port is not None:
+        return config.launch.master_port
+    return DEFAULT_MASTER_PORT if config.cluster.nodes > 1 else free_port()
+
+
+def with_fresh_port(config: RunConfig, job: PhaseJob, *, run_dir: Path, entry_module: str = ENTRY_MODULE) -> PhaseJob:
+    """``job`` on a port free now, for a single-node run whose recipe sets none: called just before
+    the phase's launcher starts, so the port has had no time to be taken since it was picked."""
+    if config.launch.master_port is not None or config.cluster.nodes > 1:
+        return job
+    target = dataclasses.replace(launch_target(config), master_port=free_port())
+    return build_job(config, phase=job.phase, layout=job.layout, run_dir=run_dir, target=target,
+                     env=job_env(config, run_dir), entry_module=entry_module, warnings=job.warnings)
 
 
 # What DeepSpeed's runner looks for on the head node before it starts a multi-node backend
@@ -132,7 +155,8 @@ def job_env(config: RunConfig, run_dir: Path) -> dict[str, str]:
     """The variables of every rank; DS_ENV_FILE points DeepSpeed's remote exporter at our file."""
     multi = config.cluster.nodes > 1
     env = launch_env(user_env=config.launch.env, timeout_minutes=config.launch.timeout_minutes, gpu=uses_gpu(config),
-                     master_addr=config.launch.master_addr if multi else None, master_port=config.launch.master_port)
+                     master_addr=config.launch.master_addr if multi else None,
+                     master_port=master_port(config) if multi else None)
     if multi and config.launch.launcher != "torchrun" and config.launch.multinode != "no_ssh":
         env["DS_ENV_FILE"] = os.path.abspath(run_dir / DEEPSPEED_ENV)
     return env
@@ -141,11 +165,10 @@ def job_env(config: RunConfig, run_dir: Path) -> dict[str, str]:
 def build_job(config: RunConfig, *, phase: str, layout: Layout, run_dir: Path, target: Target,
               env: dict[str, str], entry_module: str = ENTRY_MODULE, warnings: tuple[str, ...] = ()) -> PhaseJob:
     directory, absolute = run_dir / phase, Path(os.path.abspath(run_dir / phase))
-    ds_config = build_ds_config(layout, precision=phase_precision(config), grad_clip=config.phase(phase).optim.grad_clip,
-                                job_name=f"{config.name}-{phase}")
+    ds_config = phase_ds_config(config, phase=phase, layout=layout)   # what every rank passes to deepspeed.initialize
     accelerate = None
     if config.launch.launcher == "accelerate":
-        accelerate = accelerate_config(ds_config_file=str(absolute / "ds_config.json"), nodes=target.nodes,
+        accelerate = accelerate_config(ds_config_file=str(absolute / DS_CONFIG_FILE), nodes=target.nodes,
                                        gpus_per_node=target.gpus_per_node, multinode=target.multinode,
                                        hostfile=target.hostfile, master_addr=target.master_addr,
                                        master_port=target.master_port)
@@ -191,7 +214,7 @@ def write_job(config: RunConfig, job: PhaseJob) -> None:
         (job.directory / sub).mkdir(parents=True, exist_ok=True)
     write_yaml_config(config, job.directory / RUN_CONFIG)
     atomic_write_text(job.directory / "plan.json", json.dumps(plan_record(config, job), indent=2) + "\n")
-    atomic_write_text(job.directory / "ds_config.json", json.dumps(job.ds_config, indent=2) + "\n")
+    atomic_write_text(job.directory / DS_CONFIG_FILE, ds_config_text(job.ds_config))
     atomic_write_text(job.directory / "launch.json", job.launch.to_json())
     if job.accelerate is not None:
         atomic_write_text(job.directory / "accelerate_config.yaml", yaml.safe_dump(job.accelerate, sort_keys=False))

@@ -4,12 +4,14 @@ It does what a phase does around its training loop — verifies its parents thro
 manifests, writes a ``running`` manifest, appends metrics, saves atomic checkpoints and resumes
 from the latest one, commits consolidated weights and a ``complete`` manifest — with a counter in
 place of the model. ``STAND_IN_FAIL=PHASE:STEP`` makes the first attempt of PHASE exit 3 at STEP
-(a marker file lets the rerun pass), to test failure and resume.
+(a marker file lets the rerun pass), to test failure and resume. ``STAND_IN_HOLD=PATH`` makes
+rank 0 of the first phase print ``holding`` and wait until PATH exists (two runs at once).
 """
 import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from orchestrator.config.loader import to_dict
@@ -37,6 +39,15 @@ def save(checkpoints: Path, step: int, tag: str) -> None:
     commit(checkpoints, tag, staging)
 
 
+def hold_until(path, *, phase: str, first: str, limit_s: float = 600.0) -> None:
+    if not path or phase != first:
+        return
+    print(f"{phase}: holding until {path} exists (launcher process group {os.getpgrp()})", flush=True)
+    deadline = time.monotonic() + limit_s   # a hang guard for a test that gave up, not a timing
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def main(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--phase", required=True)
@@ -52,6 +63,7 @@ def main(argv):
     for parent, head in PARENTS[phase]:
         verify_parent(run_dir, parent_phase=parent, expect_head=head, expect_model=model,
                       expect_tokenizer_hash=TOKENIZER_HASH)
+    hold_until(os.environ.get("STAND_IN_HOLD"), phase=phase, first=config.phases[0])
     directory = run_dir / phase
     layout = json.loads((directory / "plan.json").read_text())["layout"]
     manifest = start_manifest(run_dir, phase=phase, model=model, tokenizer_hash=TOKENIZER_HASH, pad_id=0, eos_id=1,

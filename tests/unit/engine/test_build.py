@@ -1,6 +1,5 @@
 """The runtime on one process (a world of one, gloo): training, skipping, schedule, checkpoints,
 handoff. The multi-rank layouts are proven in tests/distributed/."""
-import dataclasses
 import math
 import os
 
@@ -10,6 +9,7 @@ import torch
 from orchestrator.config.model import get_model
 from orchestrator.config.run import OptimConfig
 from orchestrator.engine.build import build_runtime, init_distributed
+from orchestrator.engine.ds_config import build_ds_config
 from orchestrator.model.attention import KVCache
 from orchestrator.plan.layout import Layout, LayoutError
 from orchestrator.plan.memory import planned_bucket_elements
@@ -131,9 +131,10 @@ def test_a_custom_loss_trains_a_scalar_head_and_inference_uses_the_kv_cache():
     assert out.logits.shape == (1, 5) and out.kv_cache.length == 5
 
 
-def test_the_deepspeed_config_carries_the_planners_bucket_and_a_user_override_still_wins():
+def test_the_deepspeed_config_carries_the_planners_bucket_and_a_given_config_is_used_as_is():
     """ZeRO allocates what the memory plan counted (``planned_bucket_elements``: the tiny model's
-    whole parameter count), not DeepSpeed's 5e8-element default buckets."""
+    whole parameter count), not DeepSpeed's 5e8-element default buckets; a config passed in (a
+    phase's ds_config.json) reaches the engine unchanged."""
     layout = Layout(zero_stage=3, grad_accum=1)
     bucket = planned_bucket_elements(get_model("tiny"), layout.resolve(1))
     assert bucket == stage_params(get_model("tiny"), tp=1, pp=1, ep=1, stage="only").total
@@ -141,9 +142,18 @@ def test_the_deepspeed_config_carries_the_planners_bucket_and_a_user_override_st
     assert engine.zero_reduce_bucket_size() == engine.zero_allgather_bucket_size() == bucket
     assert engine.zero_prefetch_bucket_size() == engine.zero_max_live_parameters() == bucket
     assert engine.zero_max_reuse_distance() == bucket
-    overridden = runtime(layout=Layout(zero_stage=2, grad_accum=1),
-                         ds_overrides={"zero_optimization": {"reduce_bucket_size": 1000}}).engine
+    given = build_ds_config(Layout(zero_stage=2, grad_accum=1).resolve(1), model=get_model("tiny"))
+    given["zero_optimization"]["reduce_bucket_size"] = 1000
+    overridden = runtime(layout=Layout(zero_stage=2, grad_accum=1), ds_config=given).engine
     assert overridden.zero_reduce_bucket_size() == 1000 and overridden.zero_allgather_bucket_size() == bucket
+    assert overridden.config is given
+
+
+def test_a_deepspeed_config_of_another_layout_is_refused():
+    stale = build_ds_config(Layout(grad_accum=4).resolve(1), model=get_model("tiny"))
+    with pytest.raises(ValueError, match=r"'gradient_accumulation_steps': 4\} and ZeRO stage 0, but the layout .* "
+                                         r"needs .*'gradient_accumulation_steps': 2\}"):
+        runtime(ds_config=stale)
 
 
 def test_wrong_number_of_micro_batches_is_refused():

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.engine.ds_config import build_ds_config
+from orchestrator.config.model import get_model
+from orchestrator.engine.ds_config import build_ds_config, optimizer_clips, zero_section
 from orchestrator.plan.artifact import Plan
 from orchestrator.plan.layout import Layout
+from orchestrator.plan.memory import planned_bucket_elements
 
 DS_CONFIGS = Path(__file__).resolve().parents[3] / "ds_configs"
 EXAMPLES = sorted(p for p in DS_CONFIGS.glob("*.json") if not p.name.endswith((".plan.json", ".launch.json")))
@@ -82,25 +84,40 @@ def test_regenerating_an_example_gives_the_checked_in_files(argv, tmp_path, caps
     assert len(list(tmp_path.iterdir())) == 3
 
 
+TINY = get_model("tiny")
+
+
 def test_batch_triple_uses_the_data_parallel_size_not_the_world():
-    config = build_ds_config(Layout(tp=2, pp=2, dp=3, micro_batch=4, grad_accum=5))
+    config = build_ds_config(Layout(tp=2, pp=2, dp=3, micro_batch=4, grad_accum=5), model=TINY)
     assert config["train_batch_size"] == 4 * 5 * 3
 
 
-def test_buckets_and_overlap_are_written_only_when_asked():
+def test_buckets_are_the_memory_plans_and_overlap_is_on_for_gpus_only():
     layout = Layout(dp=4, zero_stage=3)
-    default = build_ds_config(layout)["zero_optimization"]
-    planned = build_ds_config(layout, bucket_elements=1000, overlap_comm=True)["zero_optimization"]
-    assert "reduce_bucket_size" not in default and default["overlap_comm"] is False
-    assert planned["reduce_bucket_size"] == planned["stage3_prefetch_bucket_size"] == 1000
-    assert planned["overlap_comm"] is True
+    cpu = build_ds_config(layout, model=TINY)["zero_optimization"]
+    gpu = build_ds_config(layout, model=TINY, precision="bf16", gpu=True)["zero_optimization"]
+    bucket = planned_bucket_elements(TINY, layout)
+    assert cpu["reduce_bucket_size"] == cpu["stage3_prefetch_bucket_size"] == cpu["stage3_max_live_parameters"] == bucket
+    assert cpu["overlap_comm"] is False and gpu["overlap_comm"] is True
+    assert "reduce_bucket_size" not in zero_section(layout)   # DeepSpeed's defaults when no bucket is given
+
+
+@pytest.mark.parametrize("zero,precision,clipping", [(0, "fp32", 0.0), (0, "bf16", 0.5), (1, "fp32", 0.5),
+                                                     (2, "bf16", 0.5)])
+def test_deepspeed_clips_except_where_our_optimizer_does(zero, precision, clipping):
+    """ZeRO 0 in fp32: DeepSpeed hands AdamW the model's own parameters and our optimizer clips."""
+    config = build_ds_config(Layout(zero_stage=zero), model=TINY, precision=precision, grad_clip=0.5)
+    assert config["gradient_clipping"] == clipping
+    assert optimizer_clips(Layout(zero_stage=zero), precision) is (clipping == 0.0)
+    assert config["zero_allow_untested_optimizer"] is True
 
 
 def test_monitors_and_activation_checkpointing_sections():
     layout = Layout(tp=2, dp=2, recompute="full", sequence_parallel=False)
-    config = build_ds_config(layout, tensorboard_dir="tb", wandb_project="p", csv_dir="csv", job_name="j")
+    config = build_ds_config(layout, model=TINY, tensorboard_dir="tb", wandb_project="p", csv_dir="csv",
+                             job_name="j")
     assert config["tensorboard"]["output_path"] == "tb" and config["wandb"]["project"] == "p"
     assert config["csv_monitor"]["output_path"] == "csv"
     assert config["activation_checkpointing"]["partition_activations"] is True
-    sequence_parallel = build_ds_config(Layout(tp=2, dp=2, recompute="full", sequence_parallel=True))
+    sequence_parallel = build_ds_config(Layout(tp=2, dp=2, recompute="full", sequence_parallel=True), model=TINY)
     assert sequence_parallel["activation_checkpointing"]["partition_activations"] is False
