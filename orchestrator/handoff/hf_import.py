@@ -191,7 +191,7 @@ def load_hf_model(hf_dir: Path):
 
     hf_cfg = AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
     config = gpt_config(hf_cfg, name=hf_dir.name)
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), local_files_only=True, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), local_files_only=True, dtype=torch.float32)
     return config, model.eval()
 
 
