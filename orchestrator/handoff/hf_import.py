@@ -30,7 +30,7 @@ from orchestrator.config.model import GPTConfig
 from orchestrator.handoff import export
 from orchestrator.handoff.errors import HandoffError
 from orchestrator.handoff.hashing import atomic_write_text, files_under, sha256_file
-from orchestrator.handoff.manifest import (Manifest, Source, complete_manifest, start_manifest, write_manifest)
+from orchestrator.handoff.manifest import Manifest, Source, complete_manifest, start_manifest, write_manifest
 
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "gpt_neo": "GPTNeoForCausalLM"}
 """Hugging Face ``model_type`` → the class we import."""

@@ -1,6 +1,5 @@
 """``orchestrate import``: a Hugging Face GPT-2 / GPT-Neo folder becomes a verified pretrain phase
 computing the folder's logits, and every model we cannot represent exactly is refused with nothing written."""
-import dataclasses
 import json
 
 import pytest
