@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run a recipe's phases in order, each as its own launcher process"),
     "status": ("status", "show the phases of a run directory"),
     "report": ("report", "plot a run's curves and write a Markdown summary"),
+    "import": ("import_", "make a local GPT-2 / GPT-Neo Hugging Face folder the pretrain phase of a run"),
     "export": ("export", "consolidate a phase checkpoint and export it to Hugging Face format"),
 }
 

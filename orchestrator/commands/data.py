@@ -48,12 +48,28 @@ def run(args: argparse.Namespace) -> int:
         paths = write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed)
         task = check_task_files(paths, config=config, tokenizer_path=corpus.tokenizer.path)
         print(format_task(task))
-        shutil.copytree(corpus.tokenizer.path, out / "tokenizer", dirs_exist_ok=True)
+        keep_or_copy_tokenizer(corpus.tokenizer, out / "tokenizer")
         summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer"),
                    **({"curation_listings": listings} if listings else {})}
         (out / "data.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {len(paths)} task files, data.json and tokenizer/ to {out}")
     return 0
+
+
+def keep_or_copy_tokenizer(info, target: Path) -> None:
+    """Copy the run's tokenizer to ``target``, unless it is already there (``data.tokenizer`` naming
+    ``RUN_DIR/data/tokenizer``, e.g. after ``orchestrate import``); another tokenizer there is refused,
+    never overwritten: phases that were trained with it would no longer load."""
+    from orchestrator.data.report import DataError
+    from orchestrator.data.tokenizer import tokenizer_info
+
+    if target.is_dir() and target.resolve() == Path(info.path).resolve():
+        return
+    if target.is_dir() and (existing := tokenizer_info(target)).tokenizer_hash != info.tokenizer_hash:
+        raise DataError(f"{target} holds another tokenizer (hash {existing.tokenizer_hash[:12]}…, e.g. one written "
+                        f"by `orchestrate import`) than data.tokenizer={info.path} (hash {info.tokenizer_hash[:12]}…): "
+                        f"set data.tokenizer={target} to use it, or delete {target.parent} to start over")
+    shutil.copytree(info.path, target, dirs_exist_ok=True)
 
 
 def check_task_files(paths: dict[str, Path], *, config: RunConfig, tokenizer_path: str) -> dict:

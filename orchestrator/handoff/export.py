@@ -84,25 +84,45 @@ def hf_config(config: GPTConfig, *, eos_id: int, pad_id: int):
                       attn_pdrop=config.dropout, **common)
 
 
-def _shared(state: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
-    """Embeddings, LayerNorms and the tied head: the same names in both architectures."""
-    out = {"transformer.wte.weight": state["wte.weight"], "transformer.wpe.weight": state["wpe.weight"],
-           "transformer.ln_f.weight": state["ln_f.weight"], "transformer.ln_f.bias": state["ln_f.bias"],
-           "lm_head.weight": state["wte.weight"]}
+# --- the name table, used in both directions (export here, import in hf_import.py) --------------
+GPT2_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+"""Our ``nn.Linear`` modules that GPT-2 holds as ``Conv1D`` (weight transposed, same names)."""
+NEO_MLP = ("mlp.c_fc", "mlp.c_proj")
+"""GPT-Neo's MLP: ``nn.Linear`` under our names, nothing transposed."""
+NEO_ATTENTION = "attn.attention"
+"""GPT-Neo's attention module below ``transformer.h.{i}`` (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``)."""
+
+
+def shared_names(config: GPTConfig) -> dict[str, str]:
+    """ours → Hugging Face for the embeddings and LayerNorms: the same in GPT-2 and GPT-Neo
+    (the LM head is tied to ``wte``)."""
+    names = {"wte.weight": "transformer.wte.weight", "wpe.weight": "transformer.wpe.weight",
+             "ln_f.weight": "transformer.ln_f.weight", "ln_f.bias": "transformer.ln_f.bias"}
     for i in range(config.n_layers):
         for norm in ("ln_1", "ln_2"):
             for kind in ("weight", "bias"):
-                out[f"transformer.h.{i}.{norm}.{kind}"] = state[f"h.{i}.{norm}.{kind}"]
+                names[f"h.{i}.{norm}.{kind}"] = f"transformer.h.{i}.{norm}.{kind}"
+    return names
+
+
+def module_names(config: GPTConfig, modules: tuple[str, ...]) -> dict[str, str]:
+    """ours → Hugging Face for the weight and bias of ``modules`` in every block (same suffix)."""
+    return {f"h.{i}.{module}.{kind}": f"transformer.h.{i}.{module}.{kind}"
+            for i in range(config.n_layers) for module in modules for kind in ("weight", "bias")}
+
+
+def _shared(state: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
+    """Embeddings, LayerNorms and the tied head: the same names in both architectures."""
+    out = {theirs: state[ours] for ours, theirs in shared_names(config).items()}
+    out["lm_head.weight"] = state["wte.weight"]
     return out
 
 
 def gpt2_state(state: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
     """GPT2LMHeadModel names; Linear (out, in) → Conv1D (in, out)."""
     out = _shared(state, config)
-    for i in range(config.n_layers):
-        for ours in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            out[f"transformer.h.{i}.{ours}.weight"] = state[f"h.{i}.{ours}.weight"].t().contiguous()
-            out[f"transformer.h.{i}.{ours}.bias"] = state[f"h.{i}.{ours}.bias"]
+    for ours, theirs in module_names(config, GPT2_LINEARS).items():
+        out[theirs] = state[ours].t().contiguous() if ours.endswith(".weight") else state[ours]
     return out
 
 
@@ -117,15 +137,13 @@ def gpt_neo_state(state: dict[str, Tensor], config: GPTConfig, *, approximate: b
                                f"q_proj has no bias, so GPTNeoForCausalLM cannot reproduce this model exactly: "
                                f"export with --approximate to accept (and report) the logit difference")
         w_o, b_o = state[f"h.{i}.attn.c_proj.weight"], state[f"h.{i}.attn.c_proj.bias"]
-        prefix = f"transformer.h.{i}.attn.attention"
+        prefix = f"transformer.h.{i}.{NEO_ATTENTION}"
         out[f"{prefix}.q_proj.weight"] = w_q / math.sqrt(config.d_head)      # GPT-Neo does not scale q·k
         out[f"{prefix}.k_proj.weight"] = w_k.clone()
         out[f"{prefix}.v_proj.weight"] = w_v.clone()
         out[f"{prefix}.out_proj.weight"] = w_o
         out[f"{prefix}.out_proj.bias"] = b_o + w_o @ b_v                     # Σ_j p_ij = 1 carries b_v through
-        for ours in ("mlp.c_fc", "mlp.c_proj"):
-            out[f"transformer.h.{i}.{ours}.weight"] = state[f"h.{i}.{ours}.weight"]
-            out[f"transformer.h.{i}.{ours}.bias"] = state[f"h.{i}.{ours}.bias"]
+    out.update({theirs: state[ours] for ours, theirs in module_names(config, NEO_MLP).items()})
     return out
 
 

@@ -52,6 +52,21 @@ class ParentRef:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where an imported phase's weights came from (``orchestrate import``): nothing was trained."""
+
+    kind: Literal["hf"]
+    path: str
+    """The Hugging Face folder, as given."""
+    architecture: str
+    """``GPT2LMHeadModel`` or ``GPTNeoForCausalLM``."""
+    files: dict[str, str]
+    """sha256 of every file of the folder, by path relative to it."""
+    max_abs_logit_diff: float
+    """Ours vs the folder's model on fixed ids, relative to max(1, |logit|) (fp32)."""
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a later phase (or a person) needs to trust and load this phase's output."""
 
@@ -78,6 +93,8 @@ class Manifest:
     started: str = ""
     finished: Optional[str] = None
     error: Optional[str] = None
+    source: Optional[Source] = None
+    """None: trained here; else the imported model this phase holds (``orchestrate import``)."""
     version: str = __version__
 
     @property

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 from orchestrator.cli import main
 from orchestrator.data.task import TASK_FILES, oracle_score
@@ -33,3 +34,20 @@ def test_orchestrate_data_stops_on_a_missing_source_naming_it(tmp_path, capsys):
     missing = tmp_path / "absent.jsonl"
     assert main(["data", "--out", str(tmp_path / "out"), *small_run(tmp_path, missing)]) == 2
     assert f"data source {missing}: no such file" in capsys.readouterr().err
+
+
+def test_orchestrate_data_keeps_the_tokenizer_already_in_its_folder_and_never_overwrites_another(
+        tmp_path, capsys, paragraphs, tokenizer_dir):
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs(40)))
+    out = tmp_path / "out"
+    shutil.copytree(tokenizer_dir, out / "tokenizer")        # as `orchestrate import` leaves it
+    before = (out / "tokenizer" / "tokenizer.json").read_bytes()
+    own = ["--set", f"data.tokenizer={out / 'tokenizer'}"]
+    assert main(["data", "--out", str(out), *small_run(tmp_path, source), *own]) == 0
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == before
+    capsys.readouterr()
+    trained = small_run(tmp_path, source) + ["--set", "data.vocab_size=300"]   # a different BPE than the one there
+    assert main(["data", "--out", str(out), *trained]) == 2
+    assert f"{out / 'tokenizer'} holds another tokenizer" in capsys.readouterr().err
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == before
