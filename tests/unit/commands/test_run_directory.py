@@ -30,7 +30,8 @@ WAIT_S = 600  # hang guard for a child that never gets there, not a timing
 def recipe(run_dir: Path, **launch) -> dict:
     return {"name": "t", "run_dir": str(run_dir), "model": "tiny", "phases": ["pretrain", "sft"],
             "launch": {"launcher": "torchrun", "env": {"PYTHONPATH": str(HERE)}, **launch},
-            **{p: {"loop": {"steps": 2, "save_every": 1, "eval_every": 1}} for p in ("pretrain", "sft")}}
+            **{p: {"optim": {"warmup_steps": 1}, "loop": {"steps": 2, "save_every": 1, "eval_every": 1}}
+               for p in ("pretrain", "sft")}}
 
 
 def start_run(data: dict, *, hold: Path, log: Path) -> subprocess.Popen:
