@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run a recipe's phases in order, each as its own launcher process"),
     "status": ("status", "show the phases of a run directory"),
     "report": ("report", "plot a run's curves and write a Markdown summary"),
+    "scaling": ("scaling", "predict a run's final loss from a ladder of small pretraining runs"),
     "export": ("export", "consolidate a phase checkpoint and export it to Hugging Face format"),
 }
 
