@@ -18,7 +18,7 @@ from orchestrator.handoff.checkpoint import commit, latest_checkpoint, staging_d
 from orchestrator.handoff.manifest import complete_manifest, start_manifest, write_manifest
 
 A, B, FLOOR = 60.0, -0.12, 1.2
-WOBBLE = 0.004
+WOBBLE = 0.001
 
 
 def law(flops: float, *, n_layers: int, d_model: int) -> float:
