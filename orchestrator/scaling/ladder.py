@@ -11,9 +11,11 @@ For each budget the shape of the family (same vocab, context, head size, MLP rat
 ``d_model`` a multiple of the head size, at most the target's layers and width) is the one
 nearest in log compute, with the target's aspect ratio d_model / n_layers as the tie-breaker.
 
-Worked example: a 4 × 96 target of the ``tiny`` family (vocab 2048, seq 128, 2048 tokens a step)
-has 0.66M parameters and 8.5e12 FLOPs at 20 tokens per parameter; five rungs at most 1/32 of that,
-spaced 2×, run from 1 × 24 to 2 × 48.
+Worked example (``recipes/scaling-tiny.yaml``): a 3 × 64 target of the ``tiny`` family with heads
+of 4 (vocab 2048, seq 128, 2048 tokens a step) has 0.29M parameters and 1.14e13 FLOPs at 20 tokens
+per parameter; five rungs at most 1/32 of that, spaced 2×, are 1 × 4 … 1 × 20 (1/1119 … 1/38).
+Small models of a 2048-token vocabulary are mostly embedding, so their compute grows about
+linearly with width and the ladder's shapes come out one layer deep.
 """
 from __future__ import annotations
 
