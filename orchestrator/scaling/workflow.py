@@ -150,7 +150,21 @@ def build_record(setup: Setup, *, cost: Optional[dict]) -> dict:
             "corpus_train_tokens": train_tokens, "seq_len": setup.ladder.seq_len,
             "tokens_per_step": setup.ladder.tokens_per_step, "scaling": dataclasses.asdict(setup.scaling),
             "ladder": rows, "fit": prediction.to_dict(), "target": target,
-            "warnings": epoch_warnings(setup, train_tokens), "cluster": cost}
+            "warnings": [*epoch_warnings(setup, train_tokens), *trust_warnings(prediction)], "cluster": cost}
+
+
+TRUSTED_CHECK = 0.02
+"""A leave-top-out error beyond this (2 %) is reported: the longer extrapolation to the target is no better."""
+
+
+def trust_warnings(prediction) -> list[str]:
+    """What the ladder's own check says about the prediction."""
+    check = next(c for c in prediction.checks if c.form == prediction.law.form)
+    if abs(check.error) <= TRUSTED_CHECK:
+        return []
+    return [f"the ladder's leave-top-out check erred {check.error:+.1%} (beyond {TRUSTED_CHECK:.0%}): its runs are not "
+            f"on one power law (too small for the target's family, or off their best learning rate), so expect the "
+            f"target's prediction to err at least as much; widen or enlarge the ladder (a bigger target, more points)"]
 
 
 def describe_record(record: dict) -> str:
