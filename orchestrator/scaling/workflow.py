@@ -17,10 +17,10 @@ from orchestrator.config.model import GPTConfig
 from orchestrator.config.run import RunConfig, load_run_config, resolve_model
 from orchestrator.engine.launch import ENTRY_MODULE
 from orchestrator.scaling import artifact
-from orchestrator.scaling.analysis import predict
-from orchestrator.scaling.cluster import describe_cost, target_cost
+from orchestrator.scaling.analysis import Prediction, predict
+from orchestrator.scaling.cluster import target_cost
 from orchestrator.scaling.config import ScalingConfig, split_recipe
-from orchestrator.scaling.ladder import Ladder, Rung, parse_shape, plan_ladder
+from orchestrator.scaling.ladder import Ladder, parse_shape, plan_ladder
 from orchestrator.scaling.runner import (RungNotFinished, corpus_train_tokens, final_loss, prepare_shared_data,
                                          rung_config, rung_dir, train_rung)
 
@@ -157,9 +157,12 @@ TRUSTED_CHECK = 0.02
 """A leave-top-out error beyond this (2 %) is reported: the longer extrapolation to the target is no better."""
 
 
-def trust_warnings(prediction) -> list[str]:
+def trust_warnings(prediction: Prediction) -> list[str]:
     """What the ladder's own check says about the prediction."""
     check = next(c for c in prediction.checks if c.form == prediction.law.form)
+    if check.error is None:
+        return [f"the ladder's leave-top-out check of the {check.form}-c law gave no number ({check.failure}): "
+                f"nothing tells how far to trust the prediction"]
     if abs(check.error) <= TRUSTED_CHECK:
         return []
     return [f"the ladder's leave-top-out check erred {check.error:+.1%} (beyond {TRUSTED_CHECK:.0%}): its runs are not "

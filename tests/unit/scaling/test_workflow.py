@@ -10,7 +10,8 @@ import yaml
 from orchestrator.cli import main
 from orchestrator.engine.launch.ports import free_port
 from orchestrator.scaling.runner import RungNotFinished
-from orchestrator.scaling.workflow import load_setup, run_scaling
+from orchestrator.scaling.analysis import predict
+from orchestrator.scaling.workflow import load_setup, run_scaling, trust_warnings
 
 HERE = Path(__file__).parent
 RUNGS = ["r1-1x4", "r2-1x8", "r3-1x12", "r4-1x16", "r5-1x20"]
@@ -86,3 +87,12 @@ def test_the_cli_prints_the_ladder_and_a_gpu_clusters_cost_on_a_dry_run(tmp_path
 def test_the_cli_refuses_too_few_points(tmp_path, capsys):
     assert main(["scaling", write_recipe(tmp_path), "--points", "4", "--dry-run"]) == 2
     assert "at least 5 runs" in capsys.readouterr().err
+
+
+def test_a_ladder_whose_own_check_errs_beyond_2_percent_is_warned_about():
+    compute = [1.02e10, 4.22e10, 9.89e10, 1.83e11, 2.97e11]
+    bent = [6.00507, 5.68310, 5.44901, 5.09232, 4.78125]  # recipes/scaling-tiny.yaml's measured ladder
+    warnings = trust_warnings(predict(compute, bent, target_compute=1.14e13, form="auto", level=0.95))
+    assert len(warnings) == 1 and "erred +5.7% (beyond 2%)" in warnings[0]
+    straight = [30.0 * c ** -0.1 for c in compute]
+    assert trust_warnings(predict(compute, straight, target_compute=1.14e13, form="auto", level=0.95)) == []
