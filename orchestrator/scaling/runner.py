@@ -55,9 +55,14 @@ def rung_config(base: RunConfig, rung: Rung, *, family: GPTConfig, run_dir: Path
 
 
 def planned(config: RunConfig) -> dict:
-    """What identifies a run: model, data, seed, and the pretrain layout, optimizer and loop."""
+    """What identifies a run: model, data, seed, the pretrain optimizer and loop, and the global batch.
+
+    Not the parallel layout: an interrupted rung may resume under another one (the runner reshards).
+    """
     data = config.to_dict()
-    return {key: data[key] for key in ("seed", "model", "data", "pretrain")}
+    pretrain = {key: data["pretrain"][key] for key in ("optim", "loop")}
+    pretrain["global_batch"] = config.pretrain.layout.resolve(config.cluster.world).global_batch
+    return {"seed": data["seed"], "model": data["model"], "data": data["data"], "pretrain": pretrain}
 
 
 def check_planned(directory: Path, config: RunConfig) -> None:

@@ -9,7 +9,8 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.engine.launch.ports import free_port
-from orchestrator.scaling.runner import RungNotFinished
+from orchestrator.config.run import load_run_config
+from orchestrator.scaling.runner import RungNotFinished, check_planned
 from orchestrator.scaling.analysis import predict
 from orchestrator.scaling.workflow import load_setup, run_scaling, trust_warnings
 
@@ -96,3 +97,13 @@ def test_a_ladder_whose_own_check_errs_beyond_2_percent_is_warned_about():
     assert len(warnings) == 1 and "erred +5.7% (beyond 2%)" in warnings[0]
     straight = [30.0 * c ** -0.1 for c in compute]
     assert trust_warnings(predict(compute, straight, target_compute=1.14e13, form="auto", level=0.95)) == []
+
+
+def test_a_rung_may_resume_under_another_layout_but_not_with_another_global_batch(tmp_path):
+    def config(**layout):
+        return load_run_config({"model": "tiny", "cluster": {"gpus_per_node": 2}, "pretrain": {"layout": layout}})
+
+    check_planned(tmp_path, config(micro_batch=8))            # dp 2 × 8 = 16 sequences a step
+    check_planned(tmp_path, config(tp=2, micro_batch=16))     # tp 2, dp 1 × 16: the same batch
+    with pytest.raises(ValueError, match="pretrain.global_batch 16 → 8"):
+        check_planned(tmp_path, config(micro_batch=4))
