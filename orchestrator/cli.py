@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("status", "show the phases of a run directory"),
     "report": ("report", "plot a run's curves and write a Markdown summary"),
     "import": ("import_", "make a local GPT-2 / GPT-Neo Hugging Face folder the pretrain phase of a run"),
+    "scaling": ("scaling", "predict a run's final loss from a ladder of small pretraining runs"),
     "export": ("export", "consolidate a phase checkpoint and export it to Hugging Face format"),
 }
 

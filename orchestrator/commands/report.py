@@ -1,7 +1,8 @@
 """``orchestrate report RUN_DIR``: PNG plots of each phase's curves and a short ``report.md``.
 
 Plots what exists: pretrain and SFT loss (train and eval), reward-model pairwise accuracy, PPO
-reward, KL and oracle score. Uses matplotlib's Agg backend (no display needed).
+reward, KL and oracle score; for an ``orchestrate scaling`` directory (``scaling.json``), the
+ladder, the fit and the target. Uses matplotlib's Agg backend (no display needed).
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Optional
 
 from orchestrator.handoff.metrics import series
 from orchestrator.runner.summary import PhaseSummary, format_metric, human_seconds, summarize
+from orchestrator.scaling.artifact import SCALING_JSON, SCALING_PNG, read_json
+from orchestrator.scaling.artifact import markdown as scaling_markdown
+from orchestrator.scaling.artifact import plot as plot_scaling
 
 # phase → panels of (title, metric keys); a panel is drawn when any of its keys has data.
 PANELS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
@@ -89,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {s.phase: path for s in summaries if (path := plot_phase(s, out_dir)) is not None}
+    text = markdown(run_dir, summaries, plots, out_dir)
+    if (run_dir / SCALING_JSON).is_file():  # `orchestrate scaling`'s run directory: its ladder, fit and target
+        record = read_json(run_dir)
+        plots["scaling"] = plot_scaling(record, out_dir / SCALING_PNG)
+        text += "\n" + scaling_markdown(record, image=SCALING_PNG)
     report = out_dir / "report.md"
-    report.write_text(markdown(run_dir, summaries, plots, out_dir))
+    report.write_text(text)
     print(f"wrote {report}" + (f" and {', '.join(p.name for p in plots.values())}" if plots else " (no metrics yet)"))
     return 0

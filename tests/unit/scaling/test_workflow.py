@@ -1,0 +1,109 @@
+"""``orchestrate scaling`` end to end through the real runner, with a stand-in pretrain phase that
+lands on a known law (``law_stand_in.py``), so the ladder's bookkeeping is tested without training."""
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.engine.launch.ports import free_port
+from orchestrator.config.run import load_run_config
+from orchestrator.scaling.runner import RungNotFinished, check_planned
+from orchestrator.scaling.analysis import predict
+from orchestrator.scaling.workflow import load_setup, run_scaling, trust_warnings
+
+HERE = Path(__file__).parent
+RUNGS = ["r1-1x4", "r2-1x8", "r3-1x12", "r4-1x16", "r5-1x20"]
+
+
+def write_recipe(tmp_path, **scaling):
+    recipe = {"name": "t", "run_dir": str(tmp_path / "run"), "model": {"preset": "tiny", "n_heads": 16, "d_head": 4},
+              "launch": {"launcher": "torchrun", "master_port": free_port(), "env": {"PYTHONPATH": str(HERE)}},
+              "phases": ["pretrain"], "pretrain": {"layout": {"micro_batch": 16}, "loop": {"seq_len": 128}},
+              "scaling": {"target": "3x64", **scaling}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def scale(recipe, *, overrides=(), train=True, train_target=True):
+    out = io.StringIO()
+    setup = load_setup(recipe, run_dir=None, overrides=list(overrides))
+    code = run_scaling(setup, train=train, train_target=train_target, entry_module="law_stand_in", with_data=False,
+                       out=out)
+    return code, out.getvalue(), setup.run_dir
+
+
+def test_a_ladder_trains_each_rung_as_a_pretrain_job_resumes_a_failed_one_and_predicts_the_target(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path)
+    monkeypatch.setenv("LAW_STAND_IN_FAIL", "r3-1x12")
+    code, out, run_dir = scale(recipe)
+    assert code != 0 and "r3-1x12 failed (exit code" in out and f"orchestrate scaling {recipe}" in out
+    assert (run_dir / "ladder" / "r2-1x8" / "pretrain" / "manifest.json").is_file()
+    with pytest.raises(RungNotFinished, match="r3-1x12 has not finished .*running at step 0.*orchestrate scaling"):
+        scale(recipe, train=False)
+
+    code, out, _ = scale(recipe)
+    assert code == 0, out
+    assert out.count("[pretrain] skip: complete") == 2 and "pretrain: resuming r3-1x12" in out
+    record = json.loads((run_dir / "scaling.json").read_text())
+    assert [row["name"] for row in record["ladder"]] == RUNGS
+    assert all(row["fraction"] <= 1 / 32 for row in record["ladder"])
+    target = record["target"]
+    assert abs(target["error"]) < 0.02 and target["inside_band"]
+    assert target["band"][0] < target["predicted_loss"] < target["band"][1]
+    assert {c["form"] for c in record["fit"]["leave_top_out"]} == {"zero", "free"}
+    assert record["fit"]["reason"].startswith("auto:") and record["cluster"] is None
+    assert (run_dir / "scaling.png").stat().st_size > 10_000
+
+    code, out, _ = scale(recipe)
+    assert code == 0 and out.count("[pretrain] skip: complete") == 6
+    assert main(["report", str(run_dir)]) == 0
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "## Scaling" in report and "![scaling](scaling.png)" in report and "| **target-3x64** |" in report
+
+    with pytest.raises(ValueError, match=r"r1-1x4 was planned with other settings \(pretrain.optim.lr"):
+        scale(recipe, overrides=["scaling.lr=1e-2"])
+
+
+def test_fit_only_before_any_run_names_the_first_missing_rung_and_the_command(tmp_path):
+    recipe = write_recipe(tmp_path)
+    with pytest.raises(RungNotFinished, match="r1-1x4 has not finished .*not started"):
+        scale(recipe, train=False)
+
+
+def test_the_cli_prints_the_ladder_and_a_gpu_clusters_cost_on_a_dry_run(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    code = main(["scaling", recipe, "--target", "gpt3-175b", "--dry-run", "--set", "cluster.gpu=a100-80g",
+                 "--set", "cluster.nodes=128", "--set", "cluster.gpus_per_node=8", "--set", "pretrain.loop.seq_len=2048",
+                 "--set", "pretrain.layout.micro_batch=1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "ladder of 5 for target gpt3-175b" in out
+    assert "target on 1024 × a100-80g" in out and "GPU-days" in out and "days wall clock" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_refuses_too_few_points(tmp_path, capsys):
+    assert main(["scaling", write_recipe(tmp_path), "--points", "4", "--dry-run"]) == 2
+    assert "at least 5 runs" in capsys.readouterr().err
+
+
+def test_a_ladder_whose_own_check_errs_beyond_2_percent_is_warned_about():
+    compute = [1.02e10, 4.22e10, 9.89e10, 1.83e11, 2.97e11]
+    bent = [6.00507, 5.68310, 5.44901, 5.09232, 4.78125]  # recipes/scaling-tiny.yaml's measured ladder
+    warnings = trust_warnings(predict(compute, bent, target_compute=1.14e13, form="auto", level=0.95))
+    assert len(warnings) == 1 and "erred +5.7% (beyond 2%)" in warnings[0]
+    straight = [30.0 * c ** -0.1 for c in compute]
+    assert trust_warnings(predict(compute, straight, target_compute=1.14e13, form="auto", level=0.95)) == []
+
+
+def test_a_rung_may_resume_under_another_layout_but_not_with_another_global_batch(tmp_path):
+    def config(**layout):
+        return load_run_config({"model": "tiny", "cluster": {"gpus_per_node": 2}, "pretrain": {"layout": layout}})
+
+    check_planned(tmp_path, config(micro_batch=8))            # dp 2 × 8 = 16 sequences a step
+    check_planned(tmp_path, config(tp=2, micro_batch=16))     # tp 2, dp 1 × 16: the same batch
+    with pytest.raises(ValueError, match="pretrain.global_batch 16 → 8"):
+        check_planned(tmp_path, config(micro_batch=4))
