@@ -6,7 +6,31 @@ shared ``~/.cache/torch_extensions`` is rebuilt whenever a process of another vi
 another ninja, uses it, and a rebuild inside a multi-rank test costs minutes on two cores.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions"))
+
+
+@pytest.fixture
+def small_tmpfs():
+    """``small_tmpfs(path, size)`` mounts a tmpfs of ``size`` (bytes, or "64k", "1m") at ``path`` —
+    a real filesystem to fill, for full-disk tests — and unmounts it when the test ends. Mounting
+    needs root (CAP_SYS_ADMIN); elsewhere the test is skipped with the reason."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.strip()}): needs root / CAP_SYS_ADMIN")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -1,7 +1,6 @@
 """Environment faults named: which path, and the fix (``orchestrator/faults.py``), and the data
 step's writes on a real full disk (a small tmpfs)."""
 import errno
-import subprocess
 
 import pytest
 
@@ -10,15 +9,9 @@ from orchestrator.faults import describe, writing_under
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.strip()}): needs root / CAP_SYS_ADMIN")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_disk(tmp_path, small_tmpfs):
+    """A 64KiB tmpfs to fill."""
+    return small_tmpfs(tmp_path / "disk", "64k")
 
 
 @pytest.mark.parametrize("code,expected", [

@@ -15,16 +15,9 @@ from orchestrator.handoff.checkpoint import (LATEST_FILE, commit, read_latest, s
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs (root may mount one; elsewhere the test is skipped with the reason)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.strip()}): needs root / CAP_SYS_ADMIN")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_disk(tmp_path, small_tmpfs):
+    """A 1MiB tmpfs to fill."""
+    return small_tmpfs(tmp_path / "disk", "1m")
 
 
 def save(root: Path, step: int, tensor_elements: int) -> None:
