@@ -24,7 +24,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not distributed and not e2e"
