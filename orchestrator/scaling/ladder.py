@@ -12,10 +12,12 @@ For each budget the shape of the family (same vocab, context, head size, MLP rat
 nearest in log compute, with the target's aspect ratio d_model / n_layers as the tie-breaker.
 
 Worked example (``recipes/scaling-tiny.yaml``): a 3 × 64 target of the ``tiny`` family with heads
-of 4 (vocab 2048, seq 128, 2048 tokens a step) has 0.29M parameters and 1.14e13 FLOPs at 20 tokens
-per parameter; five rungs at most 1/32 of that, spaced 2×, are 1 × 4 … 1 × 20 (1/1119 … 1/38).
-Small models of a 2048-token vocabulary are mostly embedding, so their compute grows about
-linearly with width and the ladder's shapes come out one layer deep.
+of 4 and a 512-token vocabulary (seq 128, 2048 tokens a step) has 0.19M parameters and 5.26e12
+FLOPs at 20 tokens per parameter; five rungs at most 1/32 of that, spaced 2×, are 1 × 12 … 1 × 32
+(1/416 … 1/36). Small models are mostly embedding (62–80 % here, 90–97 % at tiny's 2048 tokens,
+where the rungs were 1 × 4 … 1 × 20 and bent off the power law), so their compute grows about
+linearly with width and the ladder's shapes come out one layer deep; ``min_layers`` keeps the
+shallow ones out where the family has enough deeper shapes.
 """
 from __future__ import annotations
 
