@@ -47,12 +47,13 @@ def plot(record: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ladder, target, fit = record["ladder"], record["target"], record["fit"]
-    compute = [row["flops"] for row in ladder]
+    field = record.get("fit_compute", "flops")
+    compute = [row[field] for row in ladder]
     loss = [row["eval_loss"] for row in ladder]
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
     axis.loglog(compute, loss, "o", color="C0", label="ladder (held-out loss)")
     law = _law(fit["law"])
-    grid = np.geomspace(min(compute) / 1.5, target["flops"] * 1.5, 200)
+    grid = np.geomspace(min(compute) / 1.5, target[field] * 1.5, 200)
     bands = np.array([law.predict(c, level=fit["level"]) for c in grid])
     axis.loglog(grid, bands[:, 0], "-", color="C1",
                 label=f"fit ({fit['form']}-c): {law.a:.3g}·C^{law.b:.3f}" + (f" + {law.c:.3g}" if law.form == "free" else ""))
@@ -62,13 +63,13 @@ def plot(record: dict, path: Path) -> Path:
         axis.errorbar([compute[-1]], [top_check["predicted"]], fmt="s", mfc="none", color="C2", capsize=3,
                       yerr=[[top_check["predicted"] - top_check["low"]], [top_check["high"] - top_check["predicted"]]],
                       label=f"leave-top-out prediction ({top_check['error']:+.1%})")
-    axis.errorbar([target["flops"]], [target["predicted_loss"]], fmt="D", color="C3", capsize=3,
+    axis.errorbar([target[field]], [target["predicted_loss"]], fmt="D", color="C3", capsize=3,
                   yerr=[[target["predicted_loss"] - target["band"][0]], [target["band"][1] - target["predicted_loss"]]],
                   label="target prediction")
     if target.get("measured_loss") is not None:
-        axis.plot([target["flops"]], [target["measured_loss"]], "*", color="k", markersize=12,
+        axis.plot([target[field]], [target["measured_loss"]], "*", color="k", markersize=12,
                   label=f"target measured (prediction {target['error']:+.1%})")
-    axis.set(xlabel="training compute C (model FLOPs)", ylabel="final held-out loss (nats)",
+    axis.set(xlabel="training compute C (" + ("non-embedding " if field == "flops_non_embedding" else "model ") + "FLOPs)", ylabel="final held-out loss (nats)",
              title=f"{record['name']}: ladder of {len(ladder)} → target {target['name']}")
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=7)

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 from orchestrator.config.loader import ConfigError, apply_overrides, from_dict
 
 Form = Literal["auto", "free", "zero"]
+Compute = Literal["model", "non_embedding"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class ScalingConfig:
     """The largest rung's compute as a fraction of the target's (GPT-4 used 1/1,000 to 1/10,000)."""
     spacing: float = 2.0
     """Compute ratio between neighbouring rungs (the shapes are then the nearest in the family)."""
+    min_layers: int = 1
+    """The shallowest rung (Kaplan et al. 2020, §3.1, Fig. 6: below two layers a model leaves the
+    non-embedding trend the deeper ones share). 2 keeps one-layer shapes out, where the family has five
+    deeper ones under the fraction; the tiny recipe's 3 × 64 target has only four."""
     tokens_per_param: float = 20.0
     """Training tokens per parameter of every run, target included (Hoffmann et al. 2022: about 20)."""
     target_tokens: Optional[float] = None
@@ -40,6 +45,10 @@ class ScalingConfig:
     form: Form = "auto"
     """``zero``: L = a·C^b; ``free``: L = a·C^b + c (GPT-4's form); ``auto``: whichever predicts the
     ladder's largest run better from the others (the leave-top-out check)."""
+    compute: Compute = "model"
+    """The fit's x: ``model`` FLOPs (Narayanan et al. 2021, eq. 3) or ``non_embedding``, the same without the
+    logit layer (Kaplan et al. 2020, §2.1, who found cleaner laws so). Chosen by the leave-top-out check on
+    the tiny recipe (BENCHMARKS.md): model FLOPs."""
     level: float = 0.95
     """Coverage of the prediction band."""
     max_epochs: float = 4.0
@@ -56,6 +65,8 @@ class ScalingConfig:
             raise ConfigError(f"scaling.max_fraction={self.max_fraction}: must be in (0, 1), e.g. 1/32")
         if not self.spacing > 1:
             raise ConfigError(f"scaling.spacing={self.spacing}: the compute ratio between rungs must be > 1, e.g. 2")
+        if self.min_layers < 1:
+            raise ConfigError(f"scaling.min_layers={self.min_layers} must be >= 1 (2 keeps one-layer models out)")
         if not self.tokens_per_param > 0:
             raise ConfigError(f"scaling.tokens_per_param={self.tokens_per_param} must be > 0 (Chinchilla: 20)")
         if self.target_tokens is not None and not self.target_tokens > 0:

@@ -12,10 +12,12 @@ For each budget the shape of the family (same vocab, context, head size, MLP rat
 nearest in log compute, with the target's aspect ratio d_model / n_layers as the tie-breaker.
 
 Worked example (``recipes/scaling-tiny.yaml``): a 3 × 64 target of the ``tiny`` family with heads
-of 4 (vocab 2048, seq 128, 2048 tokens a step) has 0.29M parameters and 1.14e13 FLOPs at 20 tokens
-per parameter; five rungs at most 1/32 of that, spaced 2×, are 1 × 4 … 1 × 20 (1/1119 … 1/38).
-Small models of a 2048-token vocabulary are mostly embedding, so their compute grows about
-linearly with width and the ladder's shapes come out one layer deep.
+of 4 and a 512-token vocabulary (seq 128, 2048 tokens a step) has 0.19M parameters and 5.26e12
+FLOPs at 20 tokens per parameter; five rungs at most 1/32 of that, spaced 2×, are 1 × 12 … 1 × 32
+(1/416 … 1/36). Small models are mostly embedding (62–80 % here, 90–97 % at tiny's 2048 tokens,
+where the rungs were 1 × 4 … 1 × 20 and bent off the power law), so their compute grows about
+linearly with width and the ladder's shapes come out one layer deep; ``min_layers`` keeps the
+shallow ones out where the family has enough deeper shapes.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ class Rung:
     """Model FLOPs, flops_per_token(seq) × tokens (Narayanan et al. 2021, eq. 3)."""
     flops_6nd: float
     """6 · params · tokens (Kaplan et al. 2020), for comparison."""
+    flops_non_embedding: float
+    """The layers' part of the model FLOPs, without the logit layer (Kaplan et al. 2020, §2.1: non-embedding compute)."""
     lr: float
     warmup_steps: int
 
@@ -89,6 +93,23 @@ def parse_shape(spec: str, family: GPTConfig) -> GPTConfig | None:
     return family_model(family, n_layers=layers, d_model=width, name=f"{family.name}-{layers}x{width}")
 
 
+COMPUTE_FIELDS = {"model": "flops", "non_embedding": "flops_non_embedding"}
+"""``scaling.compute`` → the Rung field the fit's x is."""
+
+
+def non_embedding_flops_per_token(model: GPTConfig, seq_len: int) -> float:
+    """Model FLOPs per token less the logit layer's 3 · 2·h·V (Narayanan et al. 2021, eq. 3, its layers only).
+
+    Kaplan et al. (2020, §2.1, §3) count compute without embeddings and the logit matmul, C ≈ 6·N_nonembed
+    per token; this keeps Narayanan's s × s attention term, which their 6N drops.
+
+    >>> from orchestrator.config.model import tiny
+    >>> non_embedding_flops_per_token(family_model(tiny(), n_layers=1, d_model=16, name="x"), 128)
+    43008.0
+    """
+    return float(model.flops_per_token(seq_len) - 3 * 2 * model.d_model * model.vocab)
+
+
 def make_rung(model: GPTConfig, *, name: str, seq_len: int, tokens_per_step: int, tokens_per_param: float,
               lr: float, warmup_fraction: float, tokens: float | None = None) -> Rung:
     """The run of ``model`` on ``tokens`` (default tokens_per_param × params), in whole optimizer steps."""
@@ -98,27 +119,32 @@ def make_rung(model: GPTConfig, *, name: str, seq_len: int, tokens_per_step: int
     trained = steps * tokens_per_step
     return Rung(name=name, n_layers=model.n_layers, d_model=model.d_model, n_heads=model.n_heads, params=params,
                 tokens=trained, steps=steps, flops=model.flops_per_token(seq_len) * trained,
-                flops_6nd=6.0 * params * trained, lr=lr, warmup_steps=max(1, round(warmup_fraction * steps)))
+                flops_6nd=6.0 * params * trained,
+                flops_non_embedding=non_embedding_flops_per_token(model, seq_len) * trained, lr=lr, warmup_steps=max(1, round(warmup_fraction * steps)))
 
 
-def _candidates(target: GPTConfig) -> list[tuple[int, int]]:
-    """(n_layers, d_model) of every smaller member of the target's family."""
+def _candidates(target: GPTConfig, min_layers: int) -> list[tuple[int, int]]:
+    """(n_layers, d_model) of every smaller member of the target's family at least ``min_layers`` deep."""
     widths = [k * target.d_head for k in range(1, target.d_model // target.d_head + 1)]
-    return [(layers, width) for layers in range(1, target.n_layers + 1) for width in widths
+    return [(layers, width) for layers in range(min_layers, target.n_layers + 1) for width in widths
             if (layers, width) != (target.n_layers, target.d_model)]
 
 
 def plan_ladder(target: GPTConfig, *, points: int, max_fraction: float, spacing: float, seq_len: int,
                 tokens_per_step: int, tokens_per_param: float, lr_for, warmup_fraction: float,
-                target_tokens: float | None = None) -> Ladder:
+                target_tokens: float | None = None, min_layers: int = 1) -> Ladder:
     """``points`` compute-optimal rungs of the target's family, the largest at most ``max_fraction`` of its compute.
 
-    ``lr_for(d_model) -> lr`` is the width rule every run (target included) follows.
+    ``lr_for(d_model) -> lr`` is the width rule every run (target included) follows; no rung is
+    shallower than ``min_layers`` (Kaplan et al. 2020, §3.1 and Fig. 6: models of fewer than two
+    layers leave the trend the deeper ones share).
     """
     if points < 2:
         raise ValueError(f"points={points}: a ladder needs several runs (at least 5 for the fit's checks)")
     if not 1 <= seq_len <= target.ctx:
         raise ValueError(f"seq_len {seq_len} must be in 1..{target.ctx} (the target's context)")
+    if not 1 <= min_layers <= target.n_layers:
+        raise ValueError(f"min_layers={min_layers} must be in 1..{target.n_layers} (the target's layers)")
 
     def rung(model: GPTConfig, name: str, tokens: float | None = None) -> Rung:
         return make_rung(model, name=name, seq_len=seq_len, tokens_per_step=tokens_per_step,
@@ -127,7 +153,7 @@ def plan_ladder(target: GPTConfig, *, points: int, max_fraction: float, spacing:
 
     top = rung(target, f"target-{target.n_layers}x{target.d_model}", tokens=target_tokens)
     pool = [rung(family_model(target, n_layers=layers, d_model=width, name=f"{layers}x{width}"), f"{layers}x{width}")
-            for layers, width in _candidates(target)]
+            for layers, width in _candidates(target, min_layers)]
     chosen = _pick_rungs(pool, points=points, ceiling=max_fraction * top.flops, spacing=spacing,
                          aspect=target.d_model / target.n_layers)
     if len(chosen) < points:

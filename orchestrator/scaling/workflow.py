@@ -20,7 +20,7 @@ from orchestrator.scaling import artifact
 from orchestrator.scaling.analysis import Prediction, predict
 from orchestrator.scaling.cluster import target_cost
 from orchestrator.scaling.config import ScalingConfig, split_recipe
-from orchestrator.scaling.ladder import Ladder, parse_shape, plan_ladder
+from orchestrator.scaling.ladder import COMPUTE_FIELDS, Ladder, parse_shape, plan_ladder
 from orchestrator.scaling.runner import (RungNotFinished, corpus_train_tokens, final_loss, prepare_shared_data,
                                          rung_config, rung_dir, train_rung)
 
@@ -57,7 +57,7 @@ def load_setup(recipe: str, *, run_dir: Optional[str], overrides: list[str]) -> 
     ladder = plan_ladder(target, points=scaling.points, max_fraction=scaling.max_fraction, spacing=scaling.spacing,
                          seq_len=seq_len, tokens_per_step=tokens_per_step, tokens_per_param=scaling.tokens_per_param,
                          lr_for=scaling.lr_for, warmup_fraction=scaling.warmup_fraction,
-                         target_tokens=scaling.target_tokens)
+                         target_tokens=scaling.target_tokens, min_layers=scaling.min_layers)
     rerun = shlex.join(["orchestrate", "scaling", recipe, "--run-dir", base.run_dir,
                         *[arg for text in overrides for arg in ("--set", text)]])
     return Setup(recipe=recipe, scaling=scaling, base=base, target=target, ladder=ladder, run_dir=Path(base.run_dir),
@@ -137,8 +137,10 @@ def target_measurement(setup: Setup) -> tuple[Optional[float], Optional[float]]:
 def build_record(setup: Setup, *, cost: Optional[dict]) -> dict:
     """The whole ``scaling.json``: ladder rows, the fit and its checks, the target (``FitError`` if no fit)."""
     rows = ladder_rows(setup)
-    prediction = predict([r["flops"] for r in rows], [r["eval_loss"] for r in rows],
-                         target_compute=setup.ladder.target.flops, form=setup.scaling.form, level=setup.scaling.level)
+    field = COMPUTE_FIELDS[setup.scaling.compute]
+    prediction = predict([r[field] for r in rows], [r["eval_loss"] for r in rows],
+                         target_compute=getattr(setup.ladder.target, field), form=setup.scaling.form,
+                         level=setup.scaling.level)
     measured, seconds = target_measurement(setup)
     target = {**setup.ladder.target.to_dict(), "model": setup.target.name, "run_dir": str(rung_dir(setup.run_dir, setup.ladder.target)),
               "predicted_loss": prediction.loss, "band": [prediction.low, prediction.high], "train_seconds": seconds,
@@ -146,7 +148,9 @@ def build_record(setup: Setup, *, cost: Optional[dict]) -> dict:
     train_tokens = corpus_train_tokens(setup.run_dir)
     return {"name": setup.base.name, "recipe": setup.recipe, "command": setup.rerun, "run_dir": str(setup.run_dir),
             "flops_convention": "model FLOPs, flops_per_token(seq) × tokens (Narayanan et al. 2021, eq. 3); "
-                                "flops_6nd is 6·N·D (Kaplan et al. 2020)",
+                                "flops_6nd is 6·N·D (Kaplan et al. 2020); flops_non_embedding is flops less the "
+                                "logit layer's",
+            "fit_compute": field,
             "corpus_train_tokens": train_tokens, "seq_len": setup.ladder.seq_len,
             "tokens_per_step": setup.ladder.tokens_per_step, "scaling": dataclasses.asdict(setup.scaling),
             "ladder": rows, "fit": prediction.to_dict(), "target": target,

@@ -16,7 +16,9 @@ RECIPE = e2e.REPO / "recipes" / "scaling-tiny.yaml"
 def test_a_short_ladder_runs_as_pretrain_jobs_on_one_held_out_set_and_is_fitted(prepared):
     run_dir = prepared.root / "scaling"
     shutil.copytree(prepared.data, run_dir / "data")  # the scaling command's own data step then skips
-    sets = [*prepared.sets, "scaling.tokens_per_param=0.5", f"launch.master_port={free_port()}"]
+    # the shared e2e data has a 2048-token vocabulary; the recipe's own is 512
+    sets = [*prepared.sets, "model.vocab=2048", "data.vocab_size=2048", "scaling.tokens_per_param=0.5",
+            f"launch.master_port={free_port()}"]
     argv = e2e.orchestrate("scaling", str(RECIPE), "--run-dir", str(run_dir), *e2e.as_set_flags(sets))
     code, output = e2e.run(argv, log=prepared.root / "scaling.log", cwd=prepared.root)
     assert code == 0, output[-4000:]

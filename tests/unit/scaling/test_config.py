@@ -21,6 +21,8 @@ def test_a_recipe_without_a_scaling_section_gets_the_defaults():
     ("scaling.max_fraction=2", "must be in \\(0, 1\\)"),
     ("scaling.spacing=1", "must be > 1"),
     ("scaling.form=median", "form"),
+    ("scaling.compute=embedding", "compute"),
+    ("scaling.min_layers=0", "min_layers"),
     ("scaling.pointz=6", "unknown key 'scaling.pointz'"),
 ])
 def test_bad_scaling_values_are_refused_with_the_key(override, message):

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from orchestrator.config.model import gpt3_175b, tiny
-from orchestrator.scaling.ladder import family_model, make_rung, parse_shape, plan_ladder
+from orchestrator.scaling.ladder import family_model, make_rung, non_embedding_flops_per_token, parse_shape, plan_ladder
 
 FAMILY = dataclasses.replace(tiny(), n_heads=16, d_head=4)
 
@@ -92,3 +92,22 @@ def test_shapes_parse_in_the_family_and_widths_off_the_head_grid_are_refused():
     assert parse_shape("gpt3-small", FAMILY) is None
     with pytest.raises(ValueError, match="not a multiple of the family's head size 4: use 64 or 68"):
         parse_shape("3x66", FAMILY)
+
+
+def test_non_embedding_compute_is_the_layers_matmuls_and_attention_without_the_logit_layer():
+    # 1 x 16 of the heads-of-4 family at seq 128, forward + backward (x 3): attention 4·16², MLP 2·16·64,
+    # 2 FLOPs a multiply-add, plus 4·s·h for the scores; the logit layer 2·16·2048 is left out.
+    model = family_model(FAMILY, n_layers=1, d_model=16, name="x")
+    layers = 2 * (4 * 16 ** 2 + 2 * 16 * 64) + 4 * 128 * 16
+    assert non_embedding_flops_per_token(model, 128) == 3 * layers == 43008
+    assert model.flops_per_token(128) - 43008 == 3 * 2 * 16 * 2048
+    rung = make_rung(model, name="x", seq_len=128, tokens_per_step=2048, tokens_per_param=20, lr=1e-3,
+                     warmup_fraction=0.05)
+    assert rung.flops_non_embedding == 43008 * rung.tokens
+
+
+def test_min_layers_keeps_shallower_shapes_out_of_the_ladder():
+    plan = ladder("4x80", min_layers=2, spacing=1.6)
+    assert len(plan.rungs) == 5 and all(r.n_layers >= 2 for r in plan.rungs)
+    with pytest.raises(ValueError, match="min_layers=5 must be in 1..4"):
+        ladder("4x80", min_layers=5)

@@ -107,3 +107,17 @@ def test_a_rung_may_resume_under_another_layout_but_not_with_another_global_batc
     check_planned(tmp_path, config(tp=2, micro_batch=16))     # tp 2, dp 1 × 16: the same batch
     with pytest.raises(ValueError, match="pretrain.global_batch 16 → 8"):
         check_planned(tmp_path, config(micro_batch=4))
+
+
+def test_scaling_compute_non_embedding_fits_the_ladder_on_its_non_embedding_flops(tmp_path):
+    recipe = write_recipe(tmp_path)
+    assert scale(recipe)[0] == 0
+    code, out, run_dir = scale(recipe, overrides=["scaling.compute=non_embedding"], train=False)
+    assert code == 0, out
+    record = json.loads((run_dir / "scaling.json").read_text())
+    rows, target = record["ladder"], record["target"]
+    assert record["fit_compute"] == "flops_non_embedding"
+    assert record["fit"]["target_compute"] == target["flops_non_embedding"] < target["flops"]
+    expected = predict([r["flops_non_embedding"] for r in rows], [r["eval_loss"] for r in rows],
+                       target_compute=target["flops_non_embedding"], form="auto", level=0.95)
+    assert target["predicted_loss"] == pytest.approx(expected.loss)
