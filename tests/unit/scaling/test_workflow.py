@@ -77,8 +77,8 @@ def test_fit_only_before_any_run_names_the_first_missing_rung_and_the_command(tm
 def test_the_cli_prints_the_ladder_and_a_gpu_clusters_cost_on_a_dry_run(tmp_path, capsys):
     recipe = write_recipe(tmp_path)
     code = main(["scaling", recipe, "--target", "gpt3-175b", "--dry-run", "--set", "cluster.gpu=a100-80g",
-                 "--set", "cluster.nodes=128", "--set", "cluster.gpus_per_node=8", "--set", "pretrain.loop.seq_len=2048",
-                 "--set", "pretrain.layout.micro_batch=1"])
+                 "--set", "cluster.nodes=128", "--set", "cluster.gpus_per_node=8", "--set", "model.ctx=2048",
+                 "--set", "pretrain.loop.seq_len=2048", "--set", "pretrain.layout.micro_batch=1"])
     out = capsys.readouterr().out
     assert code == 0 and "ladder of 5 for target gpt3-175b" in out
     assert "target on 1024 × a100-80g" in out and "GPU-days" in out and "days wall clock" in out
