@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.engine.launch.shm import remove_orphaned_buffers
+
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions"))
 
 
@@ -34,3 +36,9 @@ def small_tmpfs():
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Free the /dev/shm buffers of DeepSpeed's CPU all-reduce that crashed test jobs left behind
+    (engine/launch/shm.py): otherwise each failed multi-rank test keeps world × 64 MiB of RAM."""
+    remove_orphaned_buffers()

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.engine.launch.ports import free_port
+from orchestrator.engine.launch.shm import remove_rank_buffer
 from orchestrator.plan.layout import Layout
 
 
@@ -72,6 +73,7 @@ def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    remove_rank_buffer()   # DeepSpeed's CPU all-reduce buffer in /dev/shm (engine/launch/shm.py)
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Optional, Sequence
 
 from orchestrator.engine.launch import LaunchCommand, LaunchError
+from orchestrator.engine.launch.shm import launcher_port, remove_job_buffers
 
 LAUNCHERS = ("deepspeed", "torchrun", "accelerate")
 TAIL_LINES = 40
@@ -97,8 +98,16 @@ def run_logged(command: LaunchCommand, *, log_path: Path, out: Optional[IO[str]]
             raise
         finally:
             process.stdout.close()
+            _free_shared_memory(command.argv)
         log.write(f"=== exit code {code}\n")
     return code, list(tail)
+
+
+def _free_shared_memory(argv: Sequence[str]) -> None:
+    """The job's DeepSpeed all-reduce buffers in /dev/shm, which ranks that crashed leave behind."""
+    port = launcher_port(argv)
+    if port is not None:
+        remove_job_buffers(port)
 
 
 def format_tail(lines: Sequence[str]) -> str:
