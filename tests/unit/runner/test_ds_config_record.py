@@ -25,8 +25,10 @@ def world_of_one():
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     init_distributed(timeout_minutes=2)
     yield
+    rendezvous = {key: os.environ[key] for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     os.environ.clear()
     os.environ.update(saved)
+    os.environ.update(rendezvous)   # the process group stays up: later modules' engines need its variables
 
 
 def tiny_run(tmp_path, *sets):
