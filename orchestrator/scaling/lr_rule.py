@@ -11,8 +11,9 @@ as DeepSeek LLM (DeepSeek-AI 2024, §3.1) fitted its optimal LR as a power law t
 2. a least-squares line ln lr*(d) = ln lr + e · ln(lr_width / d) through the rungs' best LRs.
 
 Worked example (``recipes/scaling-tiny.yaml``'s first rule, 6e-3 · (64/d)^½, swept × ½, 1, 2, 4;
-BENCHMARKS.md): the 1 × 12 rung had its best LR at 2.5× its rule's, the 1 × 32 one at about 0.8×,
-so the exponent came out near 1.2 rather than ½.
+BENCHMARKS.md): the 1 × 12 rung had its best LR at 0.041, 3.0× that rule's, the 1 × 32 one at
+0.0090, 1.06× it, so the fitted rule is 2.96e-3 · (64/d)^1.49: the smaller, shorter runs want
+far more than √width.
 """
 from __future__ import annotations
 

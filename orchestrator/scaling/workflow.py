@@ -110,11 +110,12 @@ def train_all(setup: Setup, *, train_target: bool, entry_module: str, with_data:
         return code
     for warning in epoch_warnings(setup, corpus_train_tokens(setup.run_dir)):
         print(f"[scaling] warning: {warning}", file=out, flush=True)
-    rungs = [*setup.ladder.rungs, *([setup.ladder.target] if train_target else [])]
-    for rung in rungs:
-        print(f"[scaling] {rung.name}: {rung.params:,} params, {rung.steps} steps, lr {rung.lr:.3g}", file=out, flush=True)
+    runs = [(rung, seed) for rung in setup.ladder.rungs for seed in repeat_seeds(setup)]
+    for rung, seed in runs + ([(setup.ladder.target, None)] if train_target else []):
+        print(f"[scaling] {rung.name}{'' if seed is None else f' at seed {seed}'}: {rung.params:,} params, "
+              f"{rung.steps} steps, lr {rung.lr:.3g}", file=out, flush=True)
         config = rung_config(setup.base, rung, family=setup.target, run_dir=setup.run_dir,
-                             eval_batches=setup.scaling.eval_batches)
+                             eval_batches=setup.scaling.eval_batches, seed=seed)
         code = train_rung(config, shared_data=shared, entry_module=entry_module, out=out)
         if code != 0:
             print(f"[scaling] {rung.name} failed (exit code {code}); `{setup.rerun}` resumes it", file=out, flush=True)
@@ -122,12 +123,20 @@ def train_all(setup: Setup, *, train_target: bool, entry_module: str, with_data:
     return 0
 
 
+def repeat_seeds(setup: Setup) -> list[Optional[int]]:
+    """None (the recipe's seed, ``DIR/ladder/NAME``), then the seeds of a rung's repeats (``scaling.seeds``)."""
+    return [None, *(setup.base.seed + k for k in range(1, setup.scaling.seeds))]
+
+
 def ladder_rows(setup: Setup) -> list[dict]:
+    """One row per rung; its ``eval_loss`` is the mean over its seeds (``seed_losses``)."""
     rows = []
     for rung in setup.ladder.rungs:
-        loss, seconds = final_loss(rung_dir(setup.run_dir, rung), rerun=setup.rerun)
-        rows.append({**rung.to_dict(), "fraction": setup.ladder.fraction(rung), "eval_loss": loss,
-                     "train_seconds": seconds, "run_dir": str(rung_dir(setup.run_dir, rung))})
+        measured = [final_loss(rung_dir(setup.run_dir, rung, seed), rerun=setup.rerun) for seed in repeat_seeds(setup)]
+        losses, seconds = [loss for loss, _ in measured], [s for _, s in measured if s is not None]
+        rows.append({**rung.to_dict(), "fraction": setup.ladder.fraction(rung), "eval_loss": sum(losses) / len(losses),
+                     "seed_losses": losses, "train_seconds": sum(seconds) if seconds else None,
+                     "run_dir": str(rung_dir(setup.run_dir, rung))})
     return rows
 
 
@@ -244,9 +253,9 @@ def run_lr_sweep(recipe: str, *, run_dir: Optional[str], overrides: list[str], m
         if train and (code := train_all(setup, train_target=False, entry_module=entry_module, with_data=with_data,
                                         out=out)) != 0:
             return code
+    rows = [ladder_rows(s) for _, s in setups]
     optima = [rung_optimum(rung.name, rung.d_model, [s.ladder.rungs[i].lr for _, s in setups],
-                           [final_loss(rung_dir(s.run_dir, s.ladder.rungs[i]), rerun=s.rerun)[0] for _, s in setups])
-              for i, rung in enumerate(base.ladder.rungs)]
+                           [r[i]["eval_loss"] for r in rows]) for i, rung in enumerate(base.ladder.rungs)]
     rule = fit_lr_rule(optima, lr_width=base.scaling.lr_width)
     use = f"--set scaling.lr={rule.lr:.3g} --set scaling.lr_exponent={rule.lr_exponent:.2f}"
     record = {"recipe": recipe, "command": base.rerun + " --lr-sweep " + ",".join(f"{m:g}" for m, _ in setups),

@@ -13,7 +13,8 @@ from orchestrator.engine.launch.ports import free_port
 from orchestrator.config.run import load_run_config
 from orchestrator.scaling.runner import RungNotFinished, check_planned, rung_config, rung_dir
 from orchestrator.scaling.analysis import predict
-from orchestrator.scaling.workflow import load_setup, run_lr_sweep, run_scaling, sweep_setups, trust_warnings
+from orchestrator.scaling.workflow import (load_setup, repeat_seeds, run_lr_sweep, run_scaling, sweep_setups,
+                                          trust_warnings)
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -114,10 +115,11 @@ def test_a_rung_may_resume_under_another_layout_but_not_with_another_global_batc
 
 def finish_ladder(setup, *, target=False):
     """Every rung (and the target) complete, in-process: the stand-in's result without a launcher."""
-    for rung in (*setup.ladder.rungs, *([setup.ladder.target] if target else [])):
+    runs = [(rung, seed) for rung in setup.ladder.rungs for seed in repeat_seeds(setup)]
+    for rung, seed in runs + ([(setup.ladder.target, None)] if target else []):
         config = rung_config(setup.base, rung, family=setup.target, run_dir=setup.run_dir,
-                             eval_batches=setup.scaling.eval_batches)
-        law_stand_in.finish(rung_dir(setup.run_dir, rung), config, {"micro_batch": 16, "grad_accum": 1, "dp": 1})
+                             eval_batches=setup.scaling.eval_batches, seed=seed)
+        law_stand_in.finish(rung_dir(setup.run_dir, rung, seed), config, {"micro_batch": 16, "grad_accum": 1, "dp": 1})
 
 
 def test_scaling_compute_non_embedding_fits_the_ladder_on_its_non_embedding_flops(tmp_path):
@@ -160,3 +162,38 @@ def test_an_lr_sweep_with_unfinished_runs_or_too_few_multipliers_is_refused(tmp_
         run_lr_sweep(recipe, run_dir=None, overrides=[], multipliers=SWEEP, train=False, out=io.StringIO())
     assert main(["scaling", recipe, "--lr-sweep", "1,2", "--dry-run"]) == 2
     assert "at least 3 distinct positive LR multipliers" in capsys.readouterr().err
+
+
+def test_a_target_that_repeats_its_corpus_more_than_max_epochs_is_warned_about_in_the_record(tmp_path):
+    recipe = write_recipe(tmp_path)
+    setup = load_setup(recipe, run_dir=None, overrides=[])
+    finish_ladder(setup, target=True)
+    (setup.run_dir / "data").mkdir()
+    corpus = setup.ladder.target.tokens // 5  # the target reads it 5 times, the largest rung under 4
+    (setup.run_dir / "data" / "data.json").write_text(json.dumps({"corpus": {"train_tokens": corpus}}))
+    code, out, _ = scale(recipe, train=False)
+    warnings = json.loads((setup.run_dir / "scaling.json").read_text())["warnings"]
+    assert code == 0 and len(warnings) == 1 and f"warning: {warnings[0]}" in out
+    assert warnings[0].startswith(f"target-3x64 repeats its {corpus:,} training tokens 5.0 times (> 4 epochs")
+    (setup.run_dir / "data" / "data.json").write_text(json.dumps({"corpus": {"train_tokens": corpus * 2}}))
+    assert scale(recipe, train=False)[0] == 0
+    assert json.loads((setup.run_dir / "scaling.json").read_text())["warnings"] == []
+
+
+def test_with_seeds_each_rung_repeats_at_the_next_seeds_and_the_fit_takes_their_mean(tmp_path):
+    recipe = write_recipe(tmp_path, seeds=3)
+    setup = load_setup(recipe, run_dir=None, overrides=[])
+    assert repeat_seeds(setup) == [None, 1235, 1236]
+    config = rung_config(setup.base, setup.ladder.rungs[0], family=setup.target, run_dir=setup.run_dir,
+                         eval_batches=64, seed=1236)
+    assert config.seed == 1236 and config.run_dir == str(setup.run_dir / "ladder" / "r1-1x4-seed1236")
+    with pytest.raises(RungNotFinished, match="r1-1x4-seed1235 has not finished"):
+        finish_ladder(load_setup(recipe, run_dir=None, overrides=["scaling.seeds=1"]), target=True)
+        scale(recipe, train=False)
+    finish_ladder(setup, target=True)
+    code, out, run_dir = scale(recipe, train=False)
+    assert code == 0, out
+    for row in json.loads((run_dir / "scaling.json").read_text())["ladder"]:
+        low, middle, high = sorted(row["seed_losses"])
+        assert low < middle < high and row["eval_loss"] == pytest.approx((low + middle + high) / 3)
+        assert middle == pytest.approx(row["eval_loss"], rel=1e-12)  # the stand-in's seeds scatter ±0.4 % about it
