@@ -58,8 +58,8 @@ class ScalingConfig:
     up to about 4 epochs of repeated data are worth nearly as much as new data)."""
     seeds: int = 1
     """Runs per rung, at the recipe's seed and the next ``seeds − 1``; the fit takes each rung's mean held-out
-    loss. One run of these sizes scatters by 1–2 % with its seed (BENCHMARKS.md), which 36× of extrapolation
-    multiplies about 2.5-fold; the target is trained once."""
+    loss. A rung of the tiny recipe scatters by 3–12 % with its seed (BENCHMARKS.md), which 36× of
+    extrapolation multiplies about 2.5-fold; the target is trained once."""
     eval_batches: int = 64
     """Held-out micro-batches of the final evaluation; every rung and the target read the same ones."""
 
