@@ -23,7 +23,7 @@ from orchestrator.scaling import artifact
 from orchestrator.scaling.analysis import Prediction, predict
 from orchestrator.scaling.cluster import target_cost
 from orchestrator.scaling.config import ScalingConfig, split_recipe
-from orchestrator.scaling.lr_rule import fit_lr_rule, rung_optimum
+from orchestrator.scaling.lr_rule import LrRule, fit_lr_rule, rung_optimum
 from orchestrator.scaling.ladder import COMPUTE_FIELDS, Ladder, parse_shape, plan_ladder
 from orchestrator.scaling.runner import (RungNotFinished, corpus_train_tokens, final_loss, prepare_shared_data,
                                          rung_config, rung_dir, train_rung)
@@ -265,9 +265,14 @@ def run_lr_sweep(recipe: str, *, run_dir: Optional[str], overrides: list[str], m
               "fitted_rule": rule.to_dict(), "use": use}
     base.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(base.run_dir / LR_SWEEP_JSON, json.dumps(record, indent=2) + "\n")
-    for o in rule.optima:
-        print(f"  {o.name:<10} d {o.d_model:>4}: losses " + " ".join(f"{v:.4f}" for v in o.losses)
-              + f" → best lr {o.best_lr:.3g} (rule {rule.lr_for(o.d_model):.3g}), loss {o.best_loss:.4f}", file=out)
-    print(f"fitted LR rule: {rule.lr:.4g} × ({rule.lr_width} / d_model) ^ {rule.lr_exponent:.3f} (ln-lr scatter "
-          f"{rule.residual_sd:.3f}); use it with {use}\nwrote {base.run_dir / LR_SWEEP_JSON}", file=out, flush=True)
+    print(describe_rule(rule, use=use) + f"\nwrote {base.run_dir / LR_SWEEP_JSON}", file=out, flush=True)
     return 0
+
+
+def describe_rule(rule: LrRule, *, use: str) -> str:
+    lines = [f"  {o.name:<10} d {o.d_model:>4}: losses " + " ".join(f"{v:.4f}" for v in o.losses)
+             + f" → best lr {o.best_lr:.3g} (rule {rule.lr_for(o.d_model):.3g}), loss {o.best_loss:.4f}"
+             for o in rule.optima]
+    lines.append(f"fitted LR rule: {rule.lr:.4g} × ({rule.lr_width} / d_model) ^ {rule.lr_exponent:.3f} (ln-lr "
+                 f"scatter {rule.residual_sd:.3f}); use it with {use}")
+    return "\n".join(lines)
