@@ -51,7 +51,11 @@ def plot(record: dict, path: Path) -> Path:
     compute = [row[field] for row in ladder]
     loss = [row["eval_loss"] for row in ladder]
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
-    axis.loglog(compute, loss, "o", color="C0", label="ladder (held-out loss)")
+    seeds = [(row[field], seed_loss) for row in ladder for seed_loss in row.get("seed_losses", [])]
+    if len(seeds) > len(ladder):
+        axis.loglog(*zip(*seeds), ".", color="C0", alpha=0.45, markersize=5, label="one seed's run")
+    axis.loglog(compute, loss, "o", color="C0",
+                label="ladder (held-out loss" + (", mean of seeds)" if len(seeds) > len(ladder) else ")"))
     law = _law(fit["law"])
     grid = np.geomspace(min(compute) / 1.5, target[field] * 1.5, 200)
     bands = np.array([law.predict(c, level=fit["level"]) for c in grid])

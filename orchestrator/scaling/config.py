@@ -37,7 +37,9 @@ class ScalingConfig:
     target_tokens: Optional[float] = None
     """The target's training tokens; None: tokens_per_param × its parameters (compute-optimal)."""
     lr: float = 6e-3
-    """Peak LR of a model of width ``lr_width``; others get lr × (lr_width / d_model) ** lr_exponent."""
+    """Peak LR of a model of width ``lr_width``; others get lr × (lr_width / d_model) ** lr_exponent. The
+    defaults are a starting point: ``orchestrate scaling … --lr-sweep 0.5,1,2,4`` fits both numbers to the
+    ladder's own best LRs (``orchestrator.scaling.lr_rule``), which the tiny recipe uses."""
     lr_width: int = 64
     lr_exponent: float = 0.5
     warmup_fraction: float = 0.05
@@ -54,6 +56,10 @@ class ScalingConfig:
     max_epochs: float = 4.0
     """Warn when a run repeats its training tokens more often than this (Muennighoff et al. 2023:
     up to about 4 epochs of repeated data are worth nearly as much as new data)."""
+    seeds: int = 1
+    """Runs per rung, at the recipe's seed and the next ``seeds − 1``; the fit takes each rung's mean held-out
+    loss. A rung of the tiny recipe scatters by 3–12 % with its seed (BENCHMARKS.md), which 36× of
+    extrapolation multiplies about 2.5-fold; the target is trained once."""
     eval_batches: int = 64
     """Held-out micro-batches of the final evaluation; every rung and the target read the same ones."""
 
@@ -77,6 +83,8 @@ class ScalingConfig:
             raise ConfigError(f"scaling.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
         if not 0.5 <= self.level < 1:
             raise ConfigError(f"scaling.level={self.level} must be in [0.5, 1), e.g. 0.95")
+        if self.seeds < 1:
+            raise ConfigError(f"scaling.seeds={self.seeds} must be >= 1 (runs per rung)")
         if self.eval_batches < 1:
             raise ConfigError(f"scaling.eval_batches={self.eval_batches} must be >= 1")
 

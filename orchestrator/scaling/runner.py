@@ -37,20 +37,25 @@ class RungNotFinished(ValueError):
     """A run the fit needs has not completed."""
 
 
-def rung_dir(run_dir: Path, rung: Rung) -> Path:
-    """``DIR/ladder/NAME`` for a rung, ``DIR/target`` for the target."""
-    return run_dir / "target" if rung.name.startswith("target") else run_dir / "ladder" / rung.name
+def rung_dir(run_dir: Path, rung: Rung, seed: Optional[int] = None) -> Path:
+    """``DIR/ladder/NAME`` for a rung (``DIR/ladder/NAME-seedS`` for its repeat at another seed), ``DIR/target``
+    for the target."""
+    if rung.name.startswith("target"):
+        return run_dir / "target"
+    return run_dir / "ladder" / (rung.name if seed is None else f"{rung.name}-seed{seed}")
 
 
-def rung_config(base: RunConfig, rung: Rung, *, family: GPTConfig, run_dir: Path, eval_batches: int) -> RunConfig:
-    """The recipe as one pretrain run of ``rung``: its shape, steps, LR and warm-up; one final evaluation."""
+def rung_config(base: RunConfig, rung: Rung, *, family: GPTConfig, run_dir: Path, eval_batches: int,
+                seed: Optional[int] = None) -> RunConfig:
+    """The recipe as one pretrain run of ``rung``: its shape, steps, LR and warm-up; one final evaluation;
+    ``seed`` instead of the recipe's for a repeat."""
     model = family_model(family, n_layers=rung.n_layers, d_model=rung.d_model, name=rung.name)
     pretrain = base.pretrain
     optim = dataclasses.replace(pretrain.optim, lr=rung.lr, warmup_steps=rung.warmup_steps)
     loop = dataclasses.replace(pretrain.loop, steps=rung.steps, eval_every=0, eval_batches=eval_batches,
                                log_every=max(1, rung.steps // 20), save_every=max(1, rung.steps // 4))
-    return dataclasses.replace(base, name=f"{base.name}-{rung.name}", run_dir=str(rung_dir(run_dir, rung)),
-                               model=model, phases=["pretrain"],
+    return dataclasses.replace(base, name=f"{base.name}-{rung.name}", run_dir=str(rung_dir(run_dir, rung, seed)),
+                               model=model, phases=["pretrain"], seed=base.seed if seed is None else seed,
                                pretrain=dataclasses.replace(pretrain, optim=optim, loop=loop))
 
 

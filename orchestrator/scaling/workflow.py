@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +18,12 @@ from orchestrator.config.loader import load_file
 from orchestrator.config.model import GPTConfig
 from orchestrator.config.run import RunConfig, load_run_config, resolve_model
 from orchestrator.engine.launch import ENTRY_MODULE
+from orchestrator.handoff.hashing import atomic_write_text
 from orchestrator.scaling import artifact
 from orchestrator.scaling.analysis import Prediction, predict
 from orchestrator.scaling.cluster import target_cost
 from orchestrator.scaling.config import ScalingConfig, split_recipe
+from orchestrator.scaling.lr_rule import LrRule, fit_lr_rule, rung_optimum
 from orchestrator.scaling.ladder import COMPUTE_FIELDS, Ladder, parse_shape, plan_ladder
 from orchestrator.scaling.runner import (RungNotFinished, corpus_train_tokens, final_loss, prepare_shared_data,
                                          rung_config, rung_dir, train_rung)
@@ -106,11 +110,12 @@ def train_all(setup: Setup, *, train_target: bool, entry_module: str, with_data:
         return code
     for warning in epoch_warnings(setup, corpus_train_tokens(setup.run_dir)):
         print(f"[scaling] warning: {warning}", file=out, flush=True)
-    rungs = [*setup.ladder.rungs, *([setup.ladder.target] if train_target else [])]
-    for rung in rungs:
-        print(f"[scaling] {rung.name}: {rung.params:,} params, {rung.steps} steps, lr {rung.lr:.3g}", file=out, flush=True)
+    runs = [(rung, seed) for rung in setup.ladder.rungs for seed in repeat_seeds(setup)]
+    for rung, seed in runs + ([(setup.ladder.target, None)] if train_target else []):
+        print(f"[scaling] {rung.name}{'' if seed is None else f' at seed {seed}'}: {rung.params:,} params, "
+              f"{rung.steps} steps, lr {rung.lr:.3g}", file=out, flush=True)
         config = rung_config(setup.base, rung, family=setup.target, run_dir=setup.run_dir,
-                             eval_batches=setup.scaling.eval_batches)
+                             eval_batches=setup.scaling.eval_batches, seed=seed)
         code = train_rung(config, shared_data=shared, entry_module=entry_module, out=out)
         if code != 0:
             print(f"[scaling] {rung.name} failed (exit code {code}); `{setup.rerun}` resumes it", file=out, flush=True)
@@ -118,12 +123,20 @@ def train_all(setup: Setup, *, train_target: bool, entry_module: str, with_data:
     return 0
 
 
+def repeat_seeds(setup: Setup) -> list[Optional[int]]:
+    """None (the recipe's seed, ``DIR/ladder/NAME``), then the seeds of a rung's repeats (``scaling.seeds``)."""
+    return [None, *(setup.base.seed + k for k in range(1, setup.scaling.seeds))]
+
+
 def ladder_rows(setup: Setup) -> list[dict]:
+    """One row per rung; its ``eval_loss`` is the mean over its seeds (``seed_losses``)."""
     rows = []
     for rung in setup.ladder.rungs:
-        loss, seconds = final_loss(rung_dir(setup.run_dir, rung), rerun=setup.rerun)
-        rows.append({**rung.to_dict(), "fraction": setup.ladder.fraction(rung), "eval_loss": loss,
-                     "train_seconds": seconds, "run_dir": str(rung_dir(setup.run_dir, rung))})
+        measured = [final_loss(rung_dir(setup.run_dir, rung, seed), rerun=setup.rerun) for seed in repeat_seeds(setup)]
+        losses, seconds = [loss for loss, _ in measured], [s for _, s in measured if s is not None]
+        rows.append({**rung.to_dict(), "fraction": setup.ladder.fraction(rung), "eval_loss": sum(losses) / len(losses),
+                     "seed_losses": losses, "train_seconds": sum(seconds) if seconds else None,
+                     "run_dir": str(rung_dir(setup.run_dir, rung))})
     return rows
 
 
@@ -208,3 +221,58 @@ def run_scaling(setup: Setup, *, train: bool, train_target: bool, entry_module: 
         print(f"warning: {warning}", file=out)
     print(f"wrote {path} and {figure}", file=out, flush=True)
     return 0
+
+
+LR_SWEEP_JSON = "lr_sweep.json"
+
+
+def sweep_setups(recipe: str, *, run_dir: Optional[str], overrides: list[str],
+                 multipliers: list[float]) -> tuple[Setup, list[tuple[float, Setup]]]:
+    """The recipe's setup and, per multiplier m, the same ladder at ``scaling.lr × m`` in ``DIR/lr-xM``."""
+    if len(set(multipliers)) < 3 or any(not m > 0 for m in multipliers):
+        raise ValueError(f"--lr-sweep {','.join(map(str, multipliers))}: give at least 3 distinct positive LR "
+                         f"multipliers, e.g. 0.5,1,2,4")
+    base = load_setup(recipe, run_dir=run_dir, overrides=overrides)
+    setups = [(m, load_setup(recipe, run_dir=str(base.run_dir / f"lr-x{m:g}"),
+                             overrides=[*overrides, f"scaling.lr={base.scaling.lr * m!r}"])) for m in sorted(multipliers)]
+    return base, setups
+
+
+def run_lr_sweep(recipe: str, *, run_dir: Optional[str], overrides: list[str], multipliers: list[float],
+                 train: bool = True, entry_module: str = ENTRY_MODULE, with_data: bool = True,
+                 out: Optional[IO[str]] = None) -> int:
+    """Train the ladder (not the target) at each LR multiplier, fit the LR rule, write ``DIR/lr_sweep.json``."""
+    out = out or sys.stdout
+    base, setups = sweep_setups(recipe, run_dir=run_dir, overrides=overrides, multipliers=multipliers)
+    if train and with_data and (code := prepare_shared_data(base.base, base.run_dir, out)) != 0:
+        return code
+    for multiplier, setup in setups:
+        if train and with_data and not (setup.run_dir / "data" / "data.json").is_file():
+            shutil.copytree(base.run_dir / "data", setup.run_dir / "data", dirs_exist_ok=True)
+        print(f"[lr-sweep] × {multiplier:g}: scaling.lr = {setup.scaling.lr:.4g} in {setup.run_dir}", file=out, flush=True)
+        if train and (code := train_all(setup, train_target=False, entry_module=entry_module, with_data=with_data,
+                                        out=out)) != 0:
+            return code
+    rows = [ladder_rows(s) for _, s in setups]
+    optima = [rung_optimum(rung.name, rung.d_model, [s.ladder.rungs[i].lr for _, s in setups],
+                           [r[i]["eval_loss"] for r in rows]) for i, rung in enumerate(base.ladder.rungs)]
+    rule = fit_lr_rule(optima, lr_width=base.scaling.lr_width)
+    use = f"--set scaling.lr={rule.lr:.3g} --set scaling.lr_exponent={rule.lr_exponent:.2f}"
+    record = {"recipe": recipe, "command": base.rerun + " --lr-sweep " + ",".join(f"{m:g}" for m, _ in setups),
+              "multipliers": [m for m, _ in setups],
+              "swept_rule": {"lr": base.scaling.lr, "lr_width": base.scaling.lr_width,
+                             "lr_exponent": base.scaling.lr_exponent},
+              "fitted_rule": rule.to_dict(), "use": use}
+    base.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(base.run_dir / LR_SWEEP_JSON, json.dumps(record, indent=2) + "\n")
+    print(describe_rule(rule, use=use) + f"\nwrote {base.run_dir / LR_SWEEP_JSON}", file=out, flush=True)
+    return 0
+
+
+def describe_rule(rule: LrRule, *, use: str) -> str:
+    lines = [f"  {o.name:<10} d {o.d_model:>4}: losses " + " ".join(f"{v:.4f}" for v in o.losses)
+             + f" → best lr {o.best_lr:.3g} (rule {rule.lr_for(o.d_model):.3g}), loss {o.best_loss:.4f}"
+             for o in rule.optima]
+    lines.append(f"fitted LR rule: {rule.lr:.4g} × ({rule.lr_width} / d_model) ^ {rule.lr_exponent:.3f} (ln-lr "
+                 f"scatter {rule.residual_sd:.3f}); use it with {use}")
+    return "\n".join(lines)

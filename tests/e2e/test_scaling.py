@@ -1,5 +1,7 @@
-"""``orchestrate scaling`` on real pretrain phase jobs: a five-rung ladder of a few dozen steps each
-(half a token per parameter), every rung its own deepspeed launcher, fitted and recorded."""
+"""``orchestrate scaling`` on real pretrain phase jobs: a five-rung ladder of a few steps each (half a
+token per parameter, one seed), every rung its own launcher, fitted and recorded. torchrun, not the
+recipe's deepspeed launcher: the runs are the same phase jobs, and its one process in front of
+each rank instead of deepspeed's two is most of a rung's start-up here."""
 import json
 import math
 import shutil
@@ -18,7 +20,7 @@ def test_a_short_ladder_runs_as_pretrain_jobs_on_one_held_out_set_and_is_fitted(
     shutil.copytree(prepared.data, run_dir / "data")  # the scaling command's own data step then skips
     # the shared e2e data has a 2048-token vocabulary; the recipe's own is 512
     sets = [*prepared.sets, "model.vocab=2048", "data.vocab_size=2048", "scaling.tokens_per_param=0.5",
-            f"launch.master_port={free_port()}"]
+            "scaling.seeds=1", "launch.launcher=torchrun", f"launch.master_port={free_port()}"]
     argv = e2e.orchestrate("scaling", str(RECIPE), "--run-dir", str(run_dir), *e2e.as_set_flags(sets))
     code, output = e2e.run(argv, log=prepared.root / "scaling.log", cwd=prepared.root)
     assert code == 0, output[-4000:]

@@ -85,3 +85,9 @@ def test_bad_values_and_repeated_compute_are_refused():
 @pytest.mark.parametrize("dof, expected", [(1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (30, 2.042)])
 def test_student_t_quantiles_match_the_tables(dof, expected):
     assert student_t_quantile(0.975, dof) == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_free_c_fit_that_runs_out_of_iterations_says_it_did_not_converge(monkeypatch):
+    monkeypatch.setattr("orchestrator.scaling.fit.MAX_ITERATIONS", 1)
+    with pytest.raises(FitError, match="did not converge in 1 iterations"):
+        fit_power_law(COMPUTE, noisy(2), form="free")

@@ -2,6 +2,7 @@
 lands on a known law (``law_stand_in.py``), so the ladder's bookkeeping is tested without training."""
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,14 @@ import yaml
 from orchestrator.cli import main
 from orchestrator.engine.launch.ports import free_port
 from orchestrator.config.run import load_run_config
-from orchestrator.scaling.runner import RungNotFinished, check_planned
+from orchestrator.scaling.runner import RungNotFinished, check_planned, rung_config, rung_dir
 from orchestrator.scaling.analysis import predict
-from orchestrator.scaling.workflow import load_setup, run_scaling, trust_warnings
+from orchestrator.scaling.workflow import (load_setup, repeat_seeds, run_lr_sweep, run_scaling, sweep_setups,
+                                          trust_warnings)
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import law_stand_in  # noqa: E402
 RUNGS = ["r1-1x4", "r2-1x8", "r3-1x12", "r4-1x16", "r5-1x20"]
 
 
@@ -109,9 +113,18 @@ def test_a_rung_may_resume_under_another_layout_but_not_with_another_global_batc
         check_planned(tmp_path, config(micro_batch=4))
 
 
+def finish_ladder(setup, *, target=False):
+    """Every rung (and the target) complete, in-process: the stand-in's result without a launcher."""
+    runs = [(rung, seed) for rung in setup.ladder.rungs for seed in repeat_seeds(setup)]
+    for rung, seed in runs + ([(setup.ladder.target, None)] if target else []):
+        config = rung_config(setup.base, rung, family=setup.target, run_dir=setup.run_dir,
+                             eval_batches=setup.scaling.eval_batches, seed=seed)
+        law_stand_in.finish(rung_dir(setup.run_dir, rung, seed), config, {"micro_batch": 16, "grad_accum": 1, "dp": 1})
+
+
 def test_scaling_compute_non_embedding_fits_the_ladder_on_its_non_embedding_flops(tmp_path):
     recipe = write_recipe(tmp_path)
-    assert scale(recipe)[0] == 0
+    finish_ladder(load_setup(recipe, run_dir=None, overrides=[]), target=True)
     code, out, run_dir = scale(recipe, overrides=["scaling.compute=non_embedding"], train=False)
     assert code == 0, out
     record = json.loads((run_dir / "scaling.json").read_text())
@@ -121,3 +134,66 @@ def test_scaling_compute_non_embedding_fits_the_ladder_on_its_non_embedding_flop
     expected = predict([r["flops_non_embedding"] for r in rows], [r["eval_loss"] for r in rows],
                        target_compute=target["flops_non_embedding"], form="auto", level=0.95)
     assert target["predicted_loss"] == pytest.approx(expected.loss)
+
+
+SWEEP = [0.35, 0.7, 1.4]
+
+
+def test_an_lr_sweep_of_the_ladder_fits_the_rule_its_runs_are_best_at(tmp_path):
+    recipe = write_recipe(tmp_path)
+    swept = ["scaling.lr=6e-3", "scaling.lr_exponent=0.75"]  # the stand-in is best at 6e-3 · (64 / d)^½
+    base, setups = sweep_setups(recipe, run_dir=None, overrides=swept, multipliers=SWEEP)
+    assert [str(s.run_dir) for _, s in setups] == [str(base.run_dir / f"lr-x{m:g}") for m in SWEEP]
+    assert [s.ladder.rungs[0].lr for _, s in setups] == pytest.approx([m * 6e-3 * 16 ** 0.75 for m in SWEEP])
+    for _, setup in setups:
+        finish_ladder(setup)
+    out = io.StringIO()
+    assert run_lr_sweep(recipe, run_dir=None, overrides=swept, multipliers=SWEEP, train=False, out=out) == 0
+    record = json.loads((base.run_dir / "lr_sweep.json").read_text())
+    rule = record["fitted_rule"]
+    assert rule["lr"] == pytest.approx(6e-3, rel=1e-6) and rule["lr_exponent"] == pytest.approx(0.5, rel=1e-6)
+    assert [row["name"] for row in rule["rungs"]] == RUNGS and record["multipliers"] == SWEEP
+    assert record["use"] == "--set scaling.lr=0.006 --set scaling.lr_exponent=0.50" and record["use"] in out.getvalue()
+
+
+def test_an_lr_sweep_with_unfinished_runs_or_too_few_multipliers_is_refused(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    with pytest.raises(RungNotFinished, match="r1-1x4 has not finished"):
+        run_lr_sweep(recipe, run_dir=None, overrides=[], multipliers=SWEEP, train=False, out=io.StringIO())
+    assert main(["scaling", recipe, "--lr-sweep", "1,2", "--dry-run"]) == 2
+    assert "at least 3 distinct positive LR multipliers" in capsys.readouterr().err
+
+
+def test_a_target_that_repeats_its_corpus_more_than_max_epochs_is_warned_about_in_the_record(tmp_path):
+    recipe = write_recipe(tmp_path)
+    setup = load_setup(recipe, run_dir=None, overrides=[])
+    finish_ladder(setup, target=True)
+    (setup.run_dir / "data").mkdir()
+    corpus = setup.ladder.target.tokens // 5  # the target reads it 5 times, the largest rung under 4
+    (setup.run_dir / "data" / "data.json").write_text(json.dumps({"corpus": {"train_tokens": corpus}}))
+    code, out, _ = scale(recipe, train=False)
+    warnings = json.loads((setup.run_dir / "scaling.json").read_text())["warnings"]
+    assert code == 0 and len(warnings) == 1 and f"warning: {warnings[0]}" in out
+    assert warnings[0].startswith(f"target-3x64 repeats its {corpus:,} training tokens 5.0 times (> 4 epochs")
+    (setup.run_dir / "data" / "data.json").write_text(json.dumps({"corpus": {"train_tokens": corpus * 2}}))
+    assert scale(recipe, train=False)[0] == 0
+    assert json.loads((setup.run_dir / "scaling.json").read_text())["warnings"] == []
+
+
+def test_with_seeds_each_rung_repeats_at_the_next_seeds_and_the_fit_takes_their_mean(tmp_path):
+    recipe = write_recipe(tmp_path, seeds=3)
+    setup = load_setup(recipe, run_dir=None, overrides=[])
+    assert repeat_seeds(setup) == [None, 1235, 1236]
+    config = rung_config(setup.base, setup.ladder.rungs[0], family=setup.target, run_dir=setup.run_dir,
+                         eval_batches=64, seed=1236)
+    assert config.seed == 1236 and config.run_dir == str(setup.run_dir / "ladder" / "r1-1x4-seed1236")
+    with pytest.raises(RungNotFinished, match="r1-1x4-seed1235 has not finished"):
+        finish_ladder(load_setup(recipe, run_dir=None, overrides=["scaling.seeds=1"]), target=True)
+        scale(recipe, train=False)
+    finish_ladder(setup, target=True)
+    code, out, run_dir = scale(recipe, train=False)
+    assert code == 0, out
+    for row in json.loads((run_dir / "scaling.json").read_text())["ladder"]:
+        low, middle, high = sorted(row["seed_losses"])
+        assert low < middle < high and row["eval_loss"] == pytest.approx((low + middle + high) / 3)
+        assert middle == pytest.approx(row["eval_loss"], rel=1e-12)  # the stand-in's seeds scatter ±0.4 % about it
