@@ -168,12 +168,12 @@ class DataConfig:
         try:
             Template.parse(self.template)
         except ValueError as err:
-            raise FieldError("template", self.template, str(err).partition(": ")[2]) from None
+            raise FieldError("template", self.template, str(err)) from None
         if self.labeller is not None:
             try:
                 labellers.check_spec(self.labeller)
-            except ValueError as err:
-                raise FieldError("labeller", self.labeller, str(err).partition(": ")[2]) from None
+            except ValueError:
+                raise FieldError("labeller", self.labeller, labellers.SPEC_FORMS) from None
         if self.tokenizer == "train" and self.vocab_size not in Range(300, 1 << 20):
             raise FieldError("vocab_size", self.vocab_size, "must be in 300..1048576 (a byte-level BPE needs 256 "
                                                             "bytes + special tokens + merges)")

@@ -41,9 +41,8 @@ class Template:
         """``Template.parse("{prompt}\\nAnswer: {response}")`` → before "", separator "\\nAnswer:", lead " "."""
         fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
         if fields != ["prompt", "response"]:
-            raise ValueError(f"data.template={text!r} must hold {{prompt}} and then {{response}}, once each and no "
-                             f"other field (found {fields}); write a literal brace as {{{{ or }}}}, e.g. "
-                             f"{DEFAULT_TEMPLATE!r}")
+            raise ValueError(f"must hold {{prompt}} and then {{response}}, once each and no other field (found "
+                             f"{fields}); write a literal brace as {{{{ or }}}}, e.g. {DEFAULT_TEMPLATE!r}")
         head, tail = text.split("{response}")
         before, middle = head.split("{prompt}")
         separator = middle.rstrip()

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 Labeller = Callable[[str, str], float]
 WORDLIST, NONE = "wordlist", "none"
+SPEC_FORMS = "give wordlist, none, or 'module:function' (a callable (prompt, response) -> float, e.g. 'mypkg.judge:score')"
 
 
 def check_spec(spec: str) -> None:
@@ -26,8 +27,7 @@ def check_spec(spec: str) -> None:
         return
     module, sep, function = spec.partition(":")
     if not sep or not module.strip() or not function.strip() or ":" in function:
-        raise ValueError(f"data.labeller={spec!r}: give wordlist, none, or 'module:function' (a callable "
-                         f"(prompt, response) -> float, e.g. 'mypkg.judge:score')")
+        raise ValueError(f"data.labeller={spec!r}: {SPEC_FORMS}")
 
 
 def resolve(spec: str) -> Optional[Labeller]:
