@@ -1,8 +1,10 @@
 """``orchestrate data --out DIR [--seed S] [--recipe R]``: tokenizer, packed corpus, RLHF task files.
 
 Trains (or finds in the cache) the tokenizer, reads, checks and packs the pretraining sources,
-prints token counts and the bad-row report, writes ``sft_train.jsonl … ppo_eval.jsonl`` from the
-word-list oracle task, checks that every task row fits the phases' lengths with this tokenizer,
+prints token counts and the bad-row report, writes ``sft_train.jsonl … ppo_eval.jsonl`` from your
+data (``data.sft`` / ``data.reward`` / ``data.ppo``: read, bad rows counted, split, pairs merged) and,
+for the phases without any, from the word-list oracle task (unless ``data.task_dir`` holds them),
+checks that every row fits the phases' lengths with this tokenizer and template,
 and records it all in ``DIR/data.json`` (with a copy of the tokenizer in ``DIR/tokenizer``).
 With ``data.curation`` stages on, their counts go into ``data.json`` and the documents they dropped
 (or flagged) into ``DIR/curation/{quality,duplicates,contamination}.jsonl``.
@@ -30,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import datasets
 
+    from orchestrator.data.phase_data import PHASE_FILES, task_file
     from orchestrator.data.pretrain import build_pretrain_data
-    from orchestrator.data.task import write_task_files
+    from orchestrator.data.task import TASK_FILES, write_task_files
 
     datasets.disable_progress_bars()
     config = load_run_config(args.recipe, args.overrides)
@@ -45,15 +48,50 @@ def run(args: argparse.Namespace) -> int:
         listings = corpus.curation.write_listings(out / "curation") if corpus.curation is not None else {}
         if corpus.curation is not None:
             print(format_curation(corpus.curation.counts, listings))
-        paths = write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed)
+        own = write_own_data(out, config)
+        shipped = [name for name in TASK_FILES if not any(name.startswith(PHASE_FILES[p]) for p in own)]
+        if shipped and not config.data.task_dir:
+            write_task_files(out, config=config.data.task, k=config.reward.k, seed=seed, names=shipped)
+        paths = {name: task_file(config.data, out, name) for name in TASK_FILES}
         task = check_task_files(paths, config=config, tokenizer_path=corpus.tokenizer.path)
         print(format_task(task))
         keep_or_copy_tokenizer(corpus.tokenizer, out / "tokenizer")
         summary = {"seed": seed, "corpus": corpus.summary(), "task": task, "tokenizer_copy": str(out / "tokenizer"),
-                   **({"curation_listings": listings} if listings else {})}
+                   **({"own_data": own} if own else {}), **({"curation_listings": listings} if listings else {})}
         (out / "data.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {len(paths)} task files, data.json and tokenizer/ to {out}")
     return 0
+
+
+def write_own_data(out: Path, config: RunConfig) -> dict[str, dict]:
+    """``data.sft`` / ``data.reward`` / ``data.ppo`` read, checked, split and written as the phases'
+    files; per phase what was read, kept and refused (and, for pairwise data, how pairs were merged)."""
+    from orchestrator.data.phase_data import load_phase_rows, write_phase_files
+
+    summaries = {}
+    for phase in ("sft", "reward", "ppo"):
+        spec = getattr(config.data, phase)
+        if spec is None:
+            continue
+        rows = load_phase_rows(phase, spec, seed=config.data.split_seed)
+        write_phase_files(out, phase, rows)
+        summaries[phase] = rows.summary()
+        print(format_own_data(phase, summaries[phase]))
+    return summaries
+
+
+def format_own_data(phase: str, summary: dict) -> str:
+    """``data.reward: 540 train, 60 eval (eval_fraction 0.1); rm.jsonl: 600 rows, 598 kept, 2 bad (...)``."""
+    lines = [f"data.{phase}: {summary['train_rows']} train, {summary['eval_rows']} eval ({summary['eval_from']})"]
+    for report in summary["reports"]:
+        bad = ", ".join(f"{k} {v} (first at {report['first_bad'][k]})" for k, v in sorted(report["bad_rows"].items()))
+        lines.append(f"  {report['source']}: {report['rows_read']} rows, {report['rows_kept']} kept"
+                     + (f", bad: {bad}" if bad else ""))
+    if "pairwise" in summary:
+        merge = summary["pairwise"]
+        lines.append(f"  pairwise: {merge['pairs']} pairs; {merge['merged_prompts']} prompts merged into one K-way "
+                     f"element, {merge['pair_elements']} pairs kept as pairs; elements by K {merge['elements_by_k']}")
+    return "\n".join(lines)
 
 
 def keep_or_copy_tokenizer(info, target: Path) -> None:
@@ -73,29 +111,33 @@ def keep_or_copy_tokenizer(info, target: Path) -> None:
 
 
 def check_task_files(paths: dict[str, Path], *, config: RunConfig, tokenizer_path: str) -> dict:
-    """Load every task file as its phase will; rows, reports and the oracle's view of them."""
+    """Load every task file as its phase will; rows, reports and the labeller's view of the demonstrations."""
+    from orchestrator.data import labeller as labellers
     from orchestrator.data.rlhf import load_prompts, load_rm, load_sft
-    from orchestrator.data.task import oracle_score
     from orchestrator.data.taskfiles import preference_pairs
     from orchestrator.data.tokenizer import load_tokenizer, tokenizer_info
 
     tokenizer = load_tokenizer(tokenizer_path)
     info = tokenizer_info(tokenizer_path, tokenizer)
+    template, labeller = config.data.prompt_template, labellers.resolve(config.data.labeller_spec)
     result = {}
     for name, path in paths.items():
         if name.startswith("sft"):
-            examples, report = load_sft(path, tokenizer=tokenizer, eos_id=info.eos_id, seq_len=config.sft.loop.seq_len)
-            rows = [json.loads(line) for line in path.read_text().splitlines()]
-            extra = {"mean_tokens": _mean(len(e.ids) for e in examples),
-                     "mean_oracle_score": _mean(oracle_score(r["prompt"], r["response"]) for r in rows)}
+            examples, report = load_sft(path, tokenizer=tokenizer, eos_id=info.eos_id, seq_len=config.sft.loop.seq_len,
+                                        template=template)
+            extra = {"mean_tokens": _mean(len(e.ids) for e in examples)}
+            if labeller is not None:
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                extra["mean_oracle_score"] = _mean(labellers.score(labeller, r["prompt"], r["response"]) for r in rows)
         elif name.startswith("rm"):
-            examples, report = load_rm(path, tokenizer=tokenizer, eos_id=info.eos_id, seq_len=config.reward.loop.seq_len)
+            examples, report = load_rm(path, tokenizer=tokenizer, eos_id=info.eos_id, seq_len=config.reward.loop.seq_len,
+                                       template=template)
             pairs = [len(preference_pairs(list(e.scores))) for e in examples]
-            k = len(examples[0].scores)
-            extra = {"k": k, "pairs": sum(pairs), "tied_pairs": len(examples) * k * (k - 1) // 2 - sum(pairs)}
+            ks = [len(e.scores) for e in examples]
+            extra = {"k": max(ks), "pairs": sum(pairs), "tied_pairs": sum(k * (k - 1) // 2 for k in ks) - sum(pairs)}
         else:
             max_prompt = config.ppo.loop.seq_len - config.ppo.max_new_tokens
-            examples, report = load_prompts(path, tokenizer=tokenizer, max_prompt_len=max_prompt)
+            examples, report = load_prompts(path, tokenizer=tokenizer, max_prompt_len=max_prompt, template=template)
             extra = {"mean_prompt_tokens": _mean(len(e.ids) for e in examples)}
         result[name] = {"path": str(path), "examples": len(examples), "report": report.to_dict(), **extra}
     return result

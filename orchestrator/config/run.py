@@ -17,7 +17,10 @@ from orchestrator.config.loader import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UN
                                         ConfigError, FieldError, Range, apply_overrides, check_ranges, from_dict,
                                         load_file, to_dict)
 from orchestrator.config.model import GPTConfig, get_model
+from orchestrator.config.phase_data import PromptDataConfig, RewardDataConfig, SFTDataConfig
 from orchestrator.data.curation.config import CurationConfig
+from orchestrator.data.format import DEFAULT_TEMPLATE, Template
+from orchestrator.data import labeller as labellers
 from orchestrator.data.task import TaskConfig
 from orchestrator.plan.layout import Layout
 from orchestrator.plan.validate import layout_range_errors
@@ -109,7 +112,24 @@ class DataConfig:
     cache_dir: str = ".cache/orchestrator"
     """Trained tokenizers and tokenized corpora, keyed by content hashes."""
     task_dir: Optional[str] = None
-    """SFT / RM / PPO JSONL files; None: generate the shipped oracle task into the run directory."""
+    """SFT / RM / PPO JSONL files in the shipped task's names and fields (``sft_train.jsonl`` …);
+    None: generate the shipped word-list task into the run directory (for the phases below leave unset)."""
+    sft: Optional[SFTDataConfig] = None
+    """Your demonstrations: ``{path, prompt_field, response_field, eval_path | eval_fraction}``."""
+    reward: Optional[RewardDataConfig] = None
+    """Your comparisons: ``{path, format: ranked | pairwise, prompt_field, responses_field |
+    chosen_field + rejected_field, merge_pairs, eval_path | eval_fraction}``."""
+    ppo: Optional[PromptDataConfig] = None
+    """Your PPO prompts: ``{path, prompt_field, eval_path | eval_fraction}``."""
+    template: str = DEFAULT_TEMPLATE
+    """How a prompt and its response are joined: ``{prompt}`` then ``{response}``; the whitespace
+    right before ``{response}`` starts the response (the part the model writes)."""
+    labeller: Optional[str] = None
+    """``wordlist`` (the shipped task's oracle), ``none``, or ``module:function`` (a callable
+    (prompt, response) -> float on PYTHONPATH); unset: ``wordlist`` when every RLHF phase reads the
+    shipped task, else ``none``."""
+    pretrain_loss_blocks: int = 64
+    """Held-out corpus blocks (of pretrain.loop.seq_len tokens) every phase's ``pretrain_loss`` is measured on."""
     task: TaskConfig = field(default_factory=TaskConfig)
     """The shipped word-list task (noise rate, words per answer, topics, rows per file)."""
     tokenizer_task_repeats: int = 1500
@@ -119,6 +139,24 @@ class DataConfig:
     curation: CurationConfig = field(default_factory=CurationConfig)
     """GPT-3's data preparation (quality filter, fuzzy dedup, contamination), each stage off unless named."""
 
+    @property
+    def own_data(self) -> tuple[str, ...]:
+        """The RLHF phases that read your files (``data.sft`` / ``reward`` / ``ppo``, or ``task_dir``)."""
+        if self.task_dir:
+            return ("sft", "reward", "ppo")
+        return tuple(phase for phase in ("sft", "reward", "ppo") if getattr(self, phase) is not None)
+
+    @property
+    def labeller_spec(self) -> str:
+        """``labeller`` as set, or ``wordlist`` for the shipped task and ``none`` for your own data."""
+        if self.labeller is not None:
+            return self.labeller
+        return labellers.NONE if self.own_data else labellers.WORDLIST
+
+    @property
+    def prompt_template(self) -> Template:
+        return Template.parse(self.template)
+
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("data.sources is empty: name at least one corpus (path: embedded is the shipped one)")
@@ -126,7 +164,16 @@ class DataConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources: names {names} must be distinct")
         check_ranges(self, {"eval_fraction": Range(0.0, 0.5, high_open=True), "split_seed": NON_NEGATIVE,
-                            "tokenizer_task_repeats": NON_NEGATIVE})
+                            "tokenizer_task_repeats": NON_NEGATIVE, "pretrain_loss_blocks": AT_LEAST_ONE})
+        try:
+            Template.parse(self.template)
+        except ValueError as err:
+            raise FieldError("template", self.template, str(err)) from None
+        if self.labeller is not None:
+            try:
+                labellers.check_spec(self.labeller)
+            except ValueError:
+                raise FieldError("labeller", self.labeller, labellers.SPEC_FORMS) from None
         if self.tokenizer == "train" and self.vocab_size not in Range(300, 1 << 20):
             raise FieldError("vocab_size", self.vocab_size, "must be in 300..1048576 (a byte-level BPE needs 256 "
                                                             "bytes + special tokens + merges)")
@@ -231,6 +278,24 @@ class PretrainConfig(PhaseConfig):
 @dataclass(frozen=True)
 class SFTConfig(PhaseConfig):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=5))
+    pretrain_mix: float = 0.0
+    """Share of every micro-batch's rows that are pretraining blocks (of loop.seq_len tokens, the
+    corpus's training split) instead of demonstrations, against the alignment tax; the loss is the
+    token mean over both, so a block weighs as much as loop.seq_len response tokens. 0: off."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, {"pretrain_mix": UNIT_BELOW_ONE})
+        if self.pretrain_mix and not 1 <= self.pretrain_rows <= self.layout.micro_batch - 1:
+            raise FieldError("pretrain_mix", self.pretrain_mix,
+                             f"× layout.micro_batch {self.layout.micro_batch} must round to 1..{self.layout.micro_batch - 1} "
+                             f"rows of pretraining blocks (it rounds to {self.pretrain_rows}): raise one of them, or 0 "
+                             f"turns the mix off")
+
+    @property
+    def pretrain_rows(self) -> int:
+        """Pretraining blocks in each micro-batch: round(pretrain_mix × micro_batch)."""
+        return round(self.pretrain_mix * self.layout.micro_batch)
 
 
 @dataclass(frozen=True)
@@ -344,6 +409,17 @@ class RunConfig:
             raise FieldError("phases", list(self.phases), f"must be distinct, in the order {', '.join(PHASES)}")
         check_ranges(self, {"seed": NON_NEGATIVE})
         self._check_against_model()
+        self._check_labeller()
+
+    def _check_labeller(self) -> None:
+        """What needs a labeller: ranking the SFT model's samples (``reward.candidates: policy``)."""
+        if "reward" in self.phases and self.reward.candidates == "policy" and self.data.labeller_spec == labellers.NONE:
+            why = "data.labeller is none" if self.data.labeller else \
+                f"data.labeller is unset and {', '.join('data.' + p for p in self.data.own_data)} is your data, so none"
+            raise FieldError("reward.candidates", "policy",
+                             f"ranks the SFT model's samples with the labeller, and {why}: set reward.candidates: "
+                             f"file (train on the comparisons in your files), or name a labeller (data.labeller: "
+                             f"module:function)")
 
     def _check_against_model(self) -> None:
         """What the model's context and vocabulary bound."""

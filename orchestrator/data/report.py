@@ -18,6 +18,7 @@ REASONS: dict[str, str] = {
     "bad_k": "an RM row ranks fewer than 2 or more than 9 responses",
     "bad_ranking": "an RM row's scores are not numbers, one per response, best first",
     "all_tied": "every response of an RM row has the same score: no preference pair is left",
+    "tied_pair": "a pairwise row's chosen and rejected responses are the same text: no preference",
     "too_long": "the tokenized row is longer than the phase's sequence length",
 }
 """Reason → what it means (the README's table is this one)."""

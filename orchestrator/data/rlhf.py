@@ -1,6 +1,6 @@
 """SFT, reward-model and PPO examples from the task files, and the collators that batch them.
 
-Token layout (``format.py``): prompt ids (with the separator) + response ids + EOS.
+Token layout (``format.py``, joined by ``data.template``): prompt ids (with the separator) + response ids + EOS.
 
 * SFT  → ``input_ids`` (B, T), ``labels`` (B, T), ``attention_mask`` (B, T); labels are already
   shifted like pretraining's (``labels[b, t]`` is the target of position t) and are -100 wherever
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.data.format import encode_prompts, encode_responses
+from orchestrator.data.format import DEFAULT, Template, encode_prompts, encode_responses
 from orchestrator.data.packing import IGNORE_INDEX
 from orchestrator.data.report import DataError, DataReport
 from orchestrator.data.taskfiles import TaskRows, ranking_scores, read_task_file
@@ -58,11 +58,12 @@ def _finish(read: TaskRows, examples: list) -> DataReport:
     return report
 
 
-def load_sft(path: str | Path, *, tokenizer, eos_id: int, seq_len: int) -> tuple[list[SFTExample], DataReport]:
+def load_sft(path: str | Path, *, tokenizer, eos_id: int, seq_len: int,
+             template: Template = DEFAULT) -> tuple[list[SFTExample], DataReport]:
     """Demonstrations whose prompt + response + EOS fits seq_len inputs (seq_len + 1 tokens)."""
     read = read_task_file(path, kind="sft")
-    prompts = encode_prompts(tokenizer, [r["prompt"] for r in read.rows])
-    responses = encode_responses(tokenizer, [r["response"] for r in read.rows], eos_id=eos_id)
+    prompts = encode_prompts(tokenizer, [r["prompt"] for r in read.rows], template=template)
+    responses = encode_responses(tokenizer, [r["response"] for r in read.rows], eos_id=eos_id, template=template)
     examples = []
     for index, (p, r) in enumerate(zip(prompts, responses)):
         if len(p) + len(r) > seq_len + 1:
@@ -72,11 +73,13 @@ def load_sft(path: str | Path, *, tokenizer, eos_id: int, seq_len: int) -> tuple
     return examples, _finish(read, examples)
 
 
-def load_rm(path: str | Path, *, tokenizer, eos_id: int, seq_len: int) -> tuple[list[RMExample], DataReport]:
+def load_rm(path: str | Path, *, tokenizer, eos_id: int, seq_len: int,
+            template: Template = DEFAULT) -> tuple[list[RMExample], DataReport]:
     """Rankings whose every prompt + response + EOS fits in seq_len tokens."""
     read = read_task_file(path, kind="rm")
-    prompts = encode_prompts(tokenizer, [r["prompt"] for r in read.rows])
-    flat = encode_responses(tokenizer, [resp for r in read.rows for resp in r["responses"]], eos_id=eos_id)
+    prompts = encode_prompts(tokenizer, [r["prompt"] for r in read.rows], template=template)
+    flat = encode_responses(tokenizer, [resp for r in read.rows for resp in r["responses"]], eos_id=eos_id,
+                            template=template)
     examples, offset = [], 0
     for index, (row, p) in enumerate(zip(read.rows, prompts)):
         k = len(row["responses"])
@@ -89,11 +92,13 @@ def load_rm(path: str | Path, *, tokenizer, eos_id: int, seq_len: int) -> tuple[
     return examples, _finish(read, examples)
 
 
-def load_prompts(path: str | Path, *, tokenizer, max_prompt_len: int) -> tuple[list[PromptExample], DataReport]:
+def load_prompts(path: str | Path, *, tokenizer, max_prompt_len: int,
+                 template: Template = DEFAULT) -> tuple[list[PromptExample], DataReport]:
     """PPO prompts of at most max_prompt_len tokens (seq_len − max_new_tokens leaves room to answer)."""
     read = read_task_file(path, kind="ppo")
     examples = []
-    for index, (row, ids) in enumerate(zip(read.rows, encode_prompts(tokenizer, [r["prompt"] for r in read.rows]))):
+    encoded = encode_prompts(tokenizer, [r["prompt"] for r in read.rows], template=template)
+    for index, (row, ids) in enumerate(zip(read.rows, encoded)):
         if len(ids) > max_prompt_len:
             read.tally.add("too_long", read.where(index))
             continue

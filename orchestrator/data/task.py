@@ -106,13 +106,10 @@ def oracle_score(prompt: str, response: str) -> float:
 
 
 def rank_responses(prompt: str, responses: list[str]) -> tuple[list[str], list[float]]:
-    """The responses best first by oracle score, with their scores (equal scores are ties).
+    """The responses best first by oracle score, with their scores (``labeller.rank`` with this oracle)."""
+    from orchestrator.data.labeller import rank
 
-    The sort is stable, so tied responses keep their input order; a tie carries no preference
-    and the RM loader drops tied pairs (``taskfiles.preference_pairs``).
-    """
-    scored = sorted(((oracle_score(prompt, r), i) for i, r in enumerate(responses)), key=lambda s: -s[0])
-    return [responses[i] for _, i in scored], [score for score, _ in scored]
+    return rank(oracle_score, prompt, responses)
 
 
 # --- the noisy labeller ----------------------------------------------------------------------
@@ -201,12 +198,13 @@ def task_rows(config: TaskConfig, *, name: str, k: int, seed: int) -> list[dict]
     return ppo_rows(config, rng=rng, n=n)
 
 
-def write_task_files(out_dir: str | Path, *, config: TaskConfig, k: int, seed: int) -> dict[str, Path]:
-    """Write ``sft_train.jsonl … ppo_eval.jsonl`` into ``out_dir``; returns name → path."""
+def write_task_files(out_dir: str | Path, *, config: TaskConfig, k: int, seed: int,
+                     names: tuple[str, ...] | list[str] = TASK_FILES) -> dict[str, Path]:
+    """Write ``sft_train.jsonl … ppo_eval.jsonl`` (or those of ``names``) into ``out_dir``; returns name → path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name in TASK_FILES:
+    for name in names:
         rows = task_rows(config, name=name, k=k, seed=seed)
         path = out_dir / f"{name}.jsonl"
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))   # a full disk leaves no .tmp

@@ -60,8 +60,8 @@ def read_task_file(path: str | Path, *, kind: Kind) -> TaskRows:
     return result
 
 
-def parse_row(line: bytes, *, kind: Kind) -> tuple[dict | None, str]:
-    """(row, "") or (None, reason) for one line of a task file."""
+def parse_row(line: bytes, *, kind: Kind | None) -> tuple[dict | None, str]:
+    """(row, "") or (None, reason) for one line of a task file (any JSON object when ``kind`` is None)."""
     if not line.strip():
         return None, "blank_line"
     try:
@@ -74,7 +74,7 @@ def parse_row(line: bytes, *, kind: Kind) -> tuple[dict | None, str]:
         return None, "bad_json"
     if not isinstance(row, dict):
         return None, "bad_json"
-    reason = check_row(row, kind=kind)
+    reason = check_row(row, kind=kind) if kind else ""
     return (row, "") if not reason else (None, reason)
 
 

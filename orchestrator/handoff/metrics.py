@@ -2,7 +2,7 @@
 
 Every record has ``step``, ``time`` (Unix seconds) and ``kind`` (``train``, ``eval`` or
 ``final``) plus metric keys (``loss``, ``eval_loss``, ``perplexity``, ``lr``, ``tokens_per_s``,
-``mfu``, ``pairwise_accuracy``, ``reward``, ``kl``, ``oracle_score`` …). Readers tolerate a last
+``mfu``, ``pairwise_accuracy``, ``reward``, ``kl``, ``oracle_score``, ``pretrain_loss``, ``sft_reward`` …). Readers tolerate a last
 line cut short by a killed process; any other malformed line is an error naming the line.
 """
 from __future__ import annotations

@@ -72,6 +72,11 @@ class Phase(abc.ABC):
     def restore(self, state: dict) -> None:
         """Inverse of ``state``."""
 
+    def handoff_metrics(self, state: dict) -> dict[str, float]:
+        """Metrics of the consolidated weights handed on, measured on rank 0 (``state`` is only
+        there); for what ``evaluate`` cannot measure on the runtime (the reward model's pretrain_loss)."""
+        return {}
+
     def exported_runtime(self):
         """The runtime whose consolidated weights the next phase receives."""
         return self.trained["model"]
@@ -103,8 +108,10 @@ def run(phase: Phase) -> dict[str, float]:
     try:
         _train(phase, log, start=start, skipped=skipped)
         final = phase.evaluate()
-        log.log("final", loop.steps, **final)
         state = phase.exported_runtime().consolidated_state_dict()  # collective: every rank takes part
+        if ctx.is_main:
+            final.update(phase.handoff_metrics(state))
+        log.log("final", loop.steps, **final)
         if ctx.is_main:
             outputs.save_final_weights(state, ctx.phase_dir)
             outputs.complete(manifest, ctx.phase_dir, step=loop.steps, metrics=final)

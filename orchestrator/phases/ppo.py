@@ -24,7 +24,7 @@ from orchestrator.data.format import decode_response
 from orchestrator.data.mixture import derived_seed, shuffled_positions
 from orchestrator.data.pretrain import build_pretrain_data
 from orchestrator.data.rlhf import collate_prompts, load_prompts
-from orchestrator.data.task import oracle_score
+from orchestrator.data.labeller import score as labeller_score
 from orchestrator.engine.build import build_runtime
 from orchestrator.model.loss import lm_loss
 from orchestrator.phases import rl_math
@@ -32,7 +32,8 @@ from orchestrator.phases.context import RunTokenizer, load_run_tokenizer, parent
 from orchestrator.phases.loop import Phase, StepOutcome
 from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.sampling import Rollout, oracle_evaluation, sample, sampling_generator
-from orchestrator.phases.sft import load_eval_prompts, task_dir
+from orchestrator.phases.pretrain_loss import PretrainLoss
+from orchestrator.phases.sft import load_eval_prompts, phase_file, run_labeller
 
 
 def response_logprobs(logits: torch.Tensor, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
@@ -80,10 +81,15 @@ class PPO(Phase):
         cfg, ppo = self.ctx.config, self.config
         self.model_config = dataclasses.replace(cfg.model, dropout=0.0)
         self.tokenizer = load_run_tokenizer(self.ctx)
-        self.prompts, self.data_report = load_prompts(task_dir(self.ctx) / "ppo_train.jsonl",
+        self.prompts, self.data_report = load_prompts(phase_file(self.ctx, "ppo_train"),
                                                       tokenizer=self.tokenizer.hf(),
-                                                      max_prompt_len=self.model_config.ctx - ppo.max_new_tokens)
+                                                      max_prompt_len=self.model_config.ctx - ppo.max_new_tokens,
+                                                      template=cfg.data.prompt_template)
         self.eval_prompts = load_eval_prompts(self)
+        self.labeller = run_labeller(self.ctx)
+        self.pretrain_loss = PretrainLoss.for_run(cfg)
+        self.sft_level: Optional[dict[str, float]] = None
+        """The SFT policy (the frozen reference) under the evaluation protocol, measured once."""
         self.ptx = build_pretrain_data(cfg.data, seq_len=ppo.loop.seq_len, seed=cfg.seed) if ppo.ptx_coef else None
         self.ptx_position = 0
         self.kl = rl_math.AdaptiveKL(value=ppo.kl_coef, target=ppo.target_kl)
@@ -124,7 +130,9 @@ class PPO(Phase):
                    for i in range(layout.grad_accum)]
         self.position += layout.grad_accum * layout.micro_batch * layout.dp
         experience = [self.score(self.rollout(batch, step=step, index=i)) for i, batch in enumerate(prompts)]
-        stats = {**self.advantages(experience), "rollout_oracle_score": self.rollout_oracle(prompts, experience)}
+        stats = self.advantages(experience)
+        if self.labeller is not None:
+            stats["rollout_oracle_score"] = self.rollout_oracle(prompts, experience)
         for _ in range(self.config.ppo_epochs):
             actor_result = actor.train_step([self.with_ptx(e) for e in experience], loss_fn=self.actor_loss)
             critic_result = critic.train_step(experience, loss_fn=self.critic_loss)
@@ -202,7 +210,8 @@ class PPO(Phase):
         tokenizer, eos, scores = self.tokenizer.hf(), self.tokenizer.eos_id, []
         for batch, scored in zip(prompts, experience):
             responses = scored["sequences"][:, int(scored["prompt_len"]):].cpu()
-            scores += [oracle_score(p, decode_response(tokenizer, r, eos_id=eos)) for p, r in zip(batch["prompts"], responses)]
+            scores += [labeller_score(self.labeller, p, decode_response(tokenizer, r, eos_id=eos))
+                       for p, r in zip(batch["prompts"], responses)]
         return sum(scores) / len(scores)
 
     def with_ptx(self, batch: dict) -> dict:
@@ -230,9 +239,9 @@ class PPO(Phase):
     # --- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Oracle score, RM reward and KL to the reference of the policy's samples on held-out prompts."""
+        """On held-out prompts: the labeller's score (if any), the held-out RM score and the KL to the
+        reference of the policy's samples; its pretrain_loss; and the SFT policy's levels (``sft_*``)."""
         actor = self.trained["actor"]
-        evaluation = self.ctx.config.oracle_eval
 
         def kl_and_reward(rollout: Rollout) -> dict[str, float]:
             scored = self.score(rollout, values=False)
@@ -240,13 +249,38 @@ class PPO(Phase):
                                           scored["response_mask"], kl_coef=0.0)
             return {"kl": float(kl.sum()), "reward": float(scored["score"].sum())}
 
-        return oracle_evaluation(actor.module_for_inference(), prompts=self.eval_prompts,
+        metrics = self.policy_evaluation(actor.module_for_inference(), device=actor.device, extra_stats=kl_and_reward)
+        if (tax := self.pretrain_loss.of_runtime(actor)) is not None:
+            metrics["pretrain_loss"] = tax
+        return {**metrics, **self.sft_levels()}
+
+    def policy_evaluation(self, model, *, device, extra_stats) -> dict[str, float]:
+        """The evaluation protocol (``oracle_eval``) on ``model``'s samples of the held-out prompts."""
+        actor, evaluation = self.trained["actor"], self.ctx.config.oracle_eval
+        return oracle_evaluation(model, prompts=self.eval_prompts, labeller=self.labeller,
                                  tokenizer=self.tokenizer.hf(), eos_id=self.tokenizer.eos_id,
                                  pad_id=self.tokenizer.pad_id, batch_size=evaluation.batch_size,
                                  max_new_tokens=evaluation.max_new_tokens, temperature=evaluation.temperature,
                                  top_p=evaluation.top_p, seed=evaluation.seed, dp_rank=actor.state.dp_rank,
-                                 dp_size=actor.layout.dp, device=actor.device, group=actor.state.dp_group,
-                                 extra_stats=kl_and_reward)
+                                 dp_size=actor.layout.dp, device=device, group=actor.state.dp_group,
+                                 extra_stats=extra_stats)
+
+    def sft_levels(self) -> dict[str, float]:
+        """The frozen SFT policy's held-out RM score (and labeller score) under the same protocol and
+        seed as the actor's: the level PPO must beat (the report's reference line). Measured once."""
+        if self.sft_level is None:
+            actor = self.trained["actor"]
+
+            def reward(rollout: Rollout) -> dict[str, float]:
+                on_actor = dataclasses.replace(rollout, sequences=rollout.sequences.to(actor.device),
+                                               attention_mask=rollout.attention_mask.to(actor.device),
+                                               response_mask=rollout.response_mask.to(actor.device))
+                return {"reward": float(self.score(on_actor, values=False)["score"].sum())}
+
+            levels = self.policy_evaluation(self.reference, device=next(self.reference.parameters()).device,
+                                            extra_stats=reward)
+            self.sft_level = {f"sft_{key}": levels[key] for key in ("reward", "oracle_score") if key in levels}
+        return self.sft_level
 
     def state(self) -> dict:
         return {"position": self.position, "ptx_position": self.ptx_position, "kl_coef": self.kl.value}

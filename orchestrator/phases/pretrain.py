@@ -5,6 +5,7 @@ import math
 
 from orchestrator.data.pretrain import build_pretrain_data
 from orchestrator.phases.context import load_run_tokenizer
+from orchestrator.phases.pretrain_loss import PretrainLoss
 from orchestrator.phases.supervised import SupervisedPhase
 
 
@@ -19,6 +20,7 @@ class Pretrain(SupervisedPhase):
         if self.data.tokenizer.tokenizer_hash != self.tokenizer.info.tokenizer_hash:
             raise ValueError(f"the corpus was tokenized with {self.data.tokenizer.path}, not the run's tokenizer "
                              f"{self.tokenizer.info.path}: prepare the run's data again")
+        self.pretrain_loss = PretrainLoss.for_run(cfg, data=self.data)
         self.build()
 
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
@@ -28,7 +30,10 @@ class Pretrain(SupervisedPhase):
         layout = self.runtime.layout
         batches = list(self.data.eval_batches(micro_batch=layout.micro_batch, max_batches=self.config.loop.eval_batches,
                                               dp_rank=self.runtime.state.dp_rank, dp_size=layout.dp))
-        if not batches:
-            return {}
-        loss = self.runtime.eval_loss(batches)
-        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        metrics = {}
+        if batches:
+            loss = self.runtime.eval_loss(batches)
+            metrics.update(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)))
+        if (tax := self.pretrain_loss.of_runtime(self.runtime)) is not None:
+            metrics["pretrain_loss"] = tax
+        return metrics

@@ -21,7 +21,8 @@ from orchestrator.phases import outputs, rl_math
 from orchestrator.phases.context import load_run_tokenizer, parent_state
 from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.sampling import sample, sampling_generator, sums_over_ranks
-from orchestrator.phases.sft import task_dir
+from orchestrator.phases.pretrain_loss import PretrainLoss
+from orchestrator.phases.sft import phase_file, run_labeller
 from orchestrator.phases.supervised import SupervisedPhase
 
 
@@ -46,15 +47,16 @@ def with_scalar_head(state: dict, *, config, seed: int) -> dict:
     return {**state, **head}
 
 
-def write_policy_rankings(model, *, prompts: list[str], out: Path, k: int, tokenizer, eos_id: int, pad_id: int,
-                          sampling: SamplingConfig, seed: int, batch_prompts: int = 32) -> None:
-    """K samples per prompt from ``model``, ranked best first by the task's labeller, as RM JSONL.
+def write_policy_rankings(model, *, prompts: list[str], out: Path, k: int, labeller, tokenizer, eos_id: int,
+                          pad_id: int, sampling: SamplingConfig, seed: int, template=None,
+                          batch_prompts: int = 32) -> None:
+    """K samples per prompt from ``model``, ranked best first by ``labeller``, as RM JSONL.
 
     Written atomically, so a resumed reward phase reads the same rankings instead of sampling again.
     """
-    from orchestrator.data.format import decode_response, encode_prompts
+    from orchestrator.data.format import DEFAULT, decode_response, encode_prompts
+    from orchestrator.data.labeller import rank
     from orchestrator.data.rlhf import PromptExample, collate_prompts
-    from orchestrator.data.task import rank_responses
     from orchestrator.handoff.hashing import atomic_write_text
 
     device = next(model.parameters()).device
@@ -62,7 +64,7 @@ def write_policy_rankings(model, *, prompts: list[str], out: Path, k: int, token
     rows = []
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start:start + batch_prompts]
-        ids = encode_prompts(tokenizer, chunk)
+        ids = encode_prompts(tokenizer, chunk, template=template or DEFAULT)
         examples = [PromptExample(prompt=p, ids=tuple(i)) for p, i in zip(chunk, ids) for _ in range(k)]
         batch = collate_prompts(examples, pad_id=pad_id)
         rollout = sample(model, input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
@@ -70,7 +72,7 @@ def write_policy_rankings(model, *, prompts: list[str], out: Path, k: int, token
                          temperature=sampling.temperature, top_p=sampling.top_p, generator=generator)
         texts = [decode_response(tokenizer, r, eos_id=eos_id) or "..." for r in rollout.responses.cpu()]
         for i, prompt in enumerate(chunk):
-            ranked, scores = rank_responses(prompt, texts[i * k:(i + 1) * k])
+            ranked, scores = rank(labeller, prompt, texts[i * k:(i + 1) * k])
             rows.append({"prompt": prompt, "responses": ranked, "scores": scores})
     atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
 
@@ -85,16 +87,19 @@ class Reward(SupervisedPhase):
         sft = parent_state(self.ctx, parent="sft", tokenizer=self.tokenizer)
         files = self.ranking_files(sft)
         tokenizer, seq_len, eos = self.tokenizer.hf(), self.config.loop.seq_len, self.tokenizer.eos_id
+        template = self.ctx.config.data.prompt_template
         self.train_examples, self.data_report = load_rm(files["train"], tokenizer=tokenizer, eos_id=eos,
-                                                        seq_len=seq_len)
-        self.eval_examples, _ = load_rm(files["eval"], tokenizer=tokenizer, eos_id=eos, seq_len=seq_len)
+                                                        seq_len=seq_len, template=template)
+        self.eval_examples, _ = load_rm(files["eval"], tokenizer=tokenizer, eos_id=eos, seq_len=seq_len,
+                                        template=template)
+        self.pretrain_loss = PretrainLoss.for_run(self.ctx.config)
         init = None if resuming else with_scalar_head(sft, config=self.ctx.config.model, seed=self.ctx.config.seed)
         self.build(init_state=init)
 
     def ranking_files(self, sft_state: dict) -> dict[str, Path]:
         """The RM's train and eval rankings: the task files, or (``candidates: policy``) the SFT
         model's own samples ranked by the labeller, written once by rank 0 into the phase directory."""
-        given = {split: task_dir(self.ctx) / f"rm_{split}.jsonl" for split in ("train", "eval")}
+        given = {split: phase_file(self.ctx, f"rm_{split}") for split in ("train", "eval")}
         if self.config.candidates == "file":
             return given
         files = {split: self.ctx.phase_dir / f"rm_policy_{split}.jsonl" for split in given}
@@ -103,11 +108,19 @@ class Reward(SupervisedPhase):
             model = frozen_model(self.ctx.config.model, head="lm", state=sft_state, device=device)
             for index, (split, path) in enumerate(files.items()):
                 prompts = [json.loads(line)["prompt"] for line in given[split].read_text().splitlines() if line.strip()]
-                write_policy_rankings(model, prompts=prompts, out=path, k=self.config.k, tokenizer=self.tokenizer.hf(),
-                                      eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                                      sampling=self.config.sampling, seed=self.ctx.config.seed + index)
+                write_policy_rankings(model, prompts=prompts, out=path, k=self.config.k, labeller=run_labeller(self.ctx),
+                                      tokenizer=self.tokenizer.hf(), eos_id=self.tokenizer.eos_id,
+                                      pad_id=self.tokenizer.pad_id, sampling=self.config.sampling,
+                                      seed=self.ctx.config.seed + index, template=self.ctx.config.data.prompt_template)
         outputs.barrier()
         return files
+
+    def handoff_metrics(self, state: dict) -> dict[str, float]:
+        """``pretrain_loss`` of the reward model's trunk read through its tied token embedding (the
+        scalar head has no vocabulary), from the consolidated weights on rank 0."""
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        loss = self.pretrain_loss.of_state(state, self.ctx.config.model, device=device)
+        return {} if loss is None else {"pretrain_loss": loss}
 
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:
         rows = shuffled_positions(len(self.train_examples), seed=self.ctx.config.seed,

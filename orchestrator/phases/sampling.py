@@ -1,4 +1,4 @@
-"""Sampling responses with a KV cache, and scoring them with the task's oracle.
+"""Sampling responses with a KV cache, and scoring them with the run's labeller.
 
 Prompts arrive left-padded (``data.rlhf.collate_prompts``), so every prompt ends in the last
 column and generation appends to all rows at once; position ids come from the attention mask,
@@ -147,11 +147,12 @@ def sums_over_ranks(values: list[float], *, device: torch.device, group=None) ->
 
 
 @torch.no_grad()
-def oracle_evaluation(model, *, prompts: list, tokenizer, eos_id: int, pad_id: int, batch_size: int,
-                      max_new_tokens: int, temperature: float, top_p: float, seed: int, dp_rank: int, dp_size: int,
-                      device: torch.device, group=None,
+def oracle_evaluation(model, *, prompts: list, labeller: Optional[Callable[[str, str], float]], tokenizer,
+                      eos_id: int, pad_id: int, batch_size: int, max_new_tokens: int, temperature: float,
+                      top_p: float, seed: int, dp_rank: int, dp_size: int, device: torch.device, group=None,
                       extra_stats: Optional[Callable[[Rollout], dict[str, float]]] = None) -> dict[str, float]:
-    """Mean oracle score of responses sampled for held-out ``prompts`` (``PromptExample``s).
+    """Mean labeller score (``oracle_score``; left out when ``labeller`` is None), length and EOS rate
+    of responses sampled for held-out ``prompts`` (``PromptExample``s).
 
     Sampled at ``temperature`` (1.0: greedy decoding of a tiny model repeats one token and hides
     the differences between policies, SPEC §6), with a fixed seed so two policies are compared on
@@ -159,12 +160,12 @@ def oracle_evaluation(model, *, prompts: list, tokenizer, eos_id: int, pad_id: i
     ``extra_stats(rollout)`` may add per-batch sums (e.g. KL to a reference); they are averaged per prompt.
     """
     from orchestrator.data.format import decode_response
+    from orchestrator.data.labeller import score
     from orchestrator.data.rlhf import collate_prompts
-    from orchestrator.data.task import oracle_score
 
     mine = prompts[dp_rank::dp_size]
     generator = sampling_generator(seed=seed + dp_rank, device=device)
-    sums = {"oracle_score": 0.0, "response_length": 0.0, "eos_rate": 0.0}
+    sums = {"response_length": 0.0, "eos_rate": 0.0, **({"oracle_score": 0.0} if labeller else {})}
     was_training = model.training
     model.eval()
     try:
@@ -174,7 +175,8 @@ def oracle_evaluation(model, *, prompts: list, tokenizer, eos_id: int, pad_id: i
                              attention_mask=batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
                              eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=generator)
             for prompt, ids, mask in zip(batch["prompts"], rollout.responses.cpu(), rollout.response_mask.cpu()):
-                sums["oracle_score"] += oracle_score(prompt, decode_response(tokenizer, ids, eos_id=eos_id))
+                if labeller is not None:
+                    sums["oracle_score"] += score(labeller, prompt, decode_response(tokenizer, ids, eos_id=eos_id))
                 sums["response_length"] += float(mask.sum())
                 sums["eos_rate"] += float((ids[mask.bool()] == eos_id).any())
             for key, value in (extra_stats(rollout) if extra_stats else {}).items():

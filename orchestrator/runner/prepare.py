@@ -180,8 +180,23 @@ def build_job(config: RunConfig, *, phase: str, layout: Layout, run_dir: Path, t
                     accelerate=accelerate, warnings=warnings)
 
 
+def check_data(config: RunConfig) -> None:
+    """Your data and labeller, before any process starts: every ``data.sft`` / ``reward`` / ``ppo``
+    file exists and has the named fields (``data.phase_data.check_phase_data``), and a
+    ``module:function`` labeller imports and is callable."""
+    from orchestrator.data import labeller as labellers
+
+    from orchestrator.data.phase_data import check_phase_data
+
+    data = config.data
+    check_phase_data(data)
+    if data.labeller_spec not in (labellers.WORDLIST, labellers.NONE):
+        labellers.resolve(data.labeller_spec)
+
+
 def prepare_jobs(config: RunConfig, *, run_dir: Path, entry_module: str = ENTRY_MODULE) -> dict[str, PhaseJob]:
     """A checked job for every phase of the recipe (not only those about to run)."""
+    check_data(config)
     layouts, warnings = resolve_layouts(config)
     target = launch_target(config)
     env = job_env(config, run_dir)

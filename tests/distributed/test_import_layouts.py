@@ -1,7 +1,9 @@
 """An imported model is one plain state dict, so every layout computes its logits: a GPT-2 and a
 GPT-Neo (alternating local attention) folder, imported in this process, are loaded under TP2 and
 PP2 by one two-rank torchrun job and give the Hugging Face model's logits (fp32, ≤ 1e-4 relative
-to max(1, |logit|), the export / import tolerance)."""
+to max(1, |logit|), the export / import tolerance). The round trip too: our own random GPT (every
+tensor random), exported by ``orchestrate export``'s mapping, imported back and loaded under TP2
+and PP2, gives the logits our GPT computed before the export."""
 from __future__ import annotations
 
 import json
@@ -52,20 +54,41 @@ def hf_model(preset: str):
                                       n_head=c.n_heads)).eval()
 
 
+def exported_gpt(root: Path) -> torch.Tensor:
+    """Our random tiny GPT exported to ``root/hf`` (export's mapping); returns our logits on the probe ids."""
+    from orchestrator.model.params import plain_parameter_shapes
+
+    config, generator = get_model("tiny"), torch.Generator().manual_seed(9)
+    layer_norm = ("ln_1.weight", "ln_2.weight", "ln_f.weight")
+    state = {name: (1.0 if name.endswith(layer_norm) else 0.0) + 0.1 * torch.randn(shape, generator=generator)
+             for name, shape in plain_parameter_shapes(config, head="lm").items()}
+    model = export.build_hf_model(state, config, eos_id=0, pad_id=1)
+    model.save_pretrained(str(root / "hf"))
+    tokenizer().save_pretrained(str(root / "hf"))
+    return export.ours_logits(state, config, export.probe_ids(config, vocab_limit=300))
+
+
+CASES = ("tiny", "tiny-local", "exported")
+
+
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """Import both folders, run the two-rank job once; {(preset, layout): (ours, theirs)}."""
+    """Import the three folders, run the two-rank job once; {(case, layout): (ours, expected)}."""
     root = tmp_path_factory.mktemp("import_layouts")
     cases, expected = [], {}
-    for preset in ("tiny", "tiny-local"):
-        model = hf_model(preset)
-        model.save_pretrained(str(root / preset / "hf"))
-        tokenizer().save_pretrained(str(root / preset / "hf"))
+    for preset in CASES:
+        if preset == "exported":
+            expected[preset] = exported_gpt(root / preset)
+        else:
+            model = hf_model(preset)
+            model.save_pretrained(str(root / preset / "hf"))
+            tokenizer().save_pretrained(str(root / preset / "hf"))
         result = import_folder(root / preset / "hf", root / preset / "run")
         ids = export.probe_ids(result.model, vocab_limit=300)
         torch.save(ids, root / preset / "ids.pt")
-        with torch.no_grad():
-            expected[preset] = model(ids).logits
+        if preset != "exported":
+            with torch.no_grad():
+                expected[preset] = model(ids).logits
         cases += [[result.phase_dir, layout, str(root / preset / "ids.pt"), str(root / preset / f"{layout}.pt")]
                   for layout in LAYOUTS]
     (root / "job.json").write_text(json.dumps({"cases": cases}))
@@ -76,7 +99,14 @@ def job(tmp_path_factory):
     proc = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return {(preset, layout): (torch.load(root / preset / f"{layout}.pt"), expected[preset])
-            for preset in ("tiny", "tiny-local") for layout in LAYOUTS}
+            for preset in CASES for layout in LAYOUTS}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_export_then_import_gives_our_original_logits_under_tp2_and_pp2(job, layout):
+    ours, before_export = job[("exported", layout)]
+    assert ours.shape == before_export.shape
+    assert export.max_logit_diff(ours, before_export) <= TOL
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -147,6 +147,22 @@ def rank_process(run_dir: Path, *, rank: int) -> int:
     raise AssertionError(f"no phase process of rank {rank} is working on {run_dir}")
 
 
+def save_random_gpt2(tokenizer_dir, out):
+    """A random GPT2LMHeadModel of the tiny preset's shape, dropout off, with the run's tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from orchestrator.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=2048, n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return model.eval()
+
+
 # --- run directories -------------------------------------------------------------------------
 def new_run_dir(path: Path, *, data: Path) -> Path:
     """An empty run directory holding a copy of the prepared data (so the runner skips that step)."""

@@ -19,20 +19,6 @@ from orchestrator.handoff.hashing import sha256_file
 pytestmark = pytest.mark.e2e
 
 
-def save_random_gpt2(tokenizer_dir, out):
-    """A random GPT2LMHeadModel of the tiny preset's shape, dropout off, with the run's tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    torch.manual_seed(3)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=2048, n_positions=128, n_embd=64, n_layer=2, n_head=4,
-                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    return model.eval()
-
-
 def first_batch_loss(model, run_dir, *, seed, micro_batch, seq_len):
     """The HF model's mean token loss on SFT's first micro-batch (the SFT phase's batch order)."""
     info = tokenizer_info(run_dir / "data" / "tokenizer")
@@ -49,7 +35,7 @@ def test_sft_continues_from_an_imported_gpt2(prepared):
     root = prepared.root / "imported"
     root.mkdir()
     hf_dir, run_dir = root / "hf-gpt2", root / "run"
-    model = save_random_gpt2(prepared.data / "tokenizer", hf_dir)
+    model = e2e.save_random_gpt2(prepared.data / "tokenizer", hf_dir)
 
     code, output = e2e.run(e2e.orchestrate("import", str(hf_dir), str(run_dir)), log=root / "import.log", cwd=root)
     assert code == 0, output[-3000:]

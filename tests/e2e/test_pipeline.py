@@ -12,8 +12,10 @@ from orchestrator.cli import main
 from orchestrator.config.run import PHASES
 from orchestrator.handoff.hashing import sha256_file
 
-EXPECTED_METRICS = {"pretrain": ("eval_loss", "perplexity"), "sft": ("eval_loss", "oracle_score"),
-                    "reward": ("pairwise_accuracy",), "ppo": ("oracle_score", "kl", "reward")}
+EXPECTED_METRICS = {"pretrain": ("eval_loss", "perplexity", "pretrain_loss"),
+                    "sft": ("eval_loss", "oracle_score", "pretrain_loss", "parent_pretrain_loss"),
+                    "reward": ("pairwise_accuracy", "pretrain_loss"),
+                    "ppo": ("oracle_score", "kl", "reward", "pretrain_loss", "sft_reward", "sft_oracle_score")}
 
 
 def launched_phases(output: str) -> list[str]:
@@ -37,6 +39,11 @@ def test_the_tiny_recipe_runs_all_four_phases_each_handing_off_to_the_next(tiny_
         assert all(isinstance(metrics.get(k), float) and math.isfinite(metrics[k]) for k in keys), (phase, metrics)
     for phase, key in (("sft", "oracle_score"), ("reward", "pairwise_accuracy"), ("ppo", "oracle_score")):
         assert 0.0 <= manifests[phase].metrics[key] <= 1.0
+    # every phase measures the same held-out corpus blocks: SFT's start is pretrain's end, and PPO's
+    # SFT level (the frozen reference under the same protocol and seed) is SFT's own labeller score
+    assert manifests["sft"].metrics["parent_pretrain_loss"] == pytest.approx(manifests["pretrain"].metrics["pretrain_loss"],
+                                                                             abs=1e-5)
+    assert manifests["ppo"].metrics["sft_oracle_score"] == pytest.approx(manifests["sft"].metrics["oracle_score"], abs=1e-6)
 
 
 @pytest.mark.e2e

@@ -48,3 +48,47 @@ def test_reward_candidates_sample_with_their_own_settings_whose_defaults_are_ppo
 def test_shipped_tiny_recipe_loads():
     config = load_run_config("recipes/tiny.yaml")
     assert config.model.name == "tiny" and config.phases == ["pretrain", "sft", "reward", "ppo"]
+
+
+def test_the_labeller_defaults_to_wordlist_for_the_shipped_task_and_none_for_your_data():
+    from orchestrator.config.run import load_run_config
+    assert load_run_config({}).data.labeller_spec == "wordlist"
+    own = load_run_config({"data": {"ppo": {"path": "p.jsonl"}}, "reward": {"candidates": "file"}})
+    assert own.data.labeller_spec == "none"
+    assert load_run_config({"data": {"ppo": {"path": "p.jsonl"}, "labeller": "wordlist"}}).data.labeller_spec == "wordlist"
+
+
+@pytest.mark.parametrize("data", [{"labeller": "none"}, {"sft": {"path": "s.jsonl"}}, {"task_dir": "mine"}])
+def test_policy_candidates_without_a_labeller_are_refused_naming_the_fix(data):
+    from orchestrator.config.loader import FieldError
+    from orchestrator.config.run import load_run_config
+    with pytest.raises(FieldError, match="reward.candidates='policy'.*set reward.candidates: file"):
+        load_run_config({"data": data})
+    load_run_config({"data": data, "phases": ["pretrain", "sft"]})           # no reward phase: nothing to rank
+
+
+@pytest.mark.parametrize("mix, micro_batch, message", [(0.01, 32, "rounds to 0"), (0.99, 8, "rounds to 8"),
+                                                       (1.0, 8, r"must be in \[0, 1\)")])
+def test_a_pretrain_mix_must_leave_room_for_both_kinds_of_row(mix, micro_batch, message):
+    from orchestrator.config.loader import FieldError
+    from orchestrator.config.run import load_run_config
+    with pytest.raises(FieldError, match=f"sft.pretrain_mix.*{message}"):
+        load_run_config({"sft": {"pretrain_mix": mix, "layout": {"micro_batch": micro_batch}}})
+    assert load_run_config({"sft": {"pretrain_mix": 0.25, "layout": {"micro_batch": 16}}}).sft.pretrain_rows == 4
+
+
+def test_the_shipped_byod_recipe_validates_and_its_data_passes_the_pre_launch_check():
+    from pathlib import Path
+    from orchestrator.config.run import load_run_config
+    from orchestrator.runner.prepare import check_data
+    repo = Path(__file__).resolve().parents[3]
+    config = load_run_config(repo / "recipes" / "byod-example.yaml")
+    assert config.data.labeller_spec == "none" and config.reward.candidates == "file"
+    assert config.data.reward.format == "pairwise" and config.sft.pretrain_mix > 0
+    import os
+    cwd = os.getcwd()
+    try:
+        os.chdir(repo)                      # the recipe's paths are relative to the repository
+        check_data(config)
+    finally:
+        os.chdir(cwd)

@@ -51,3 +51,28 @@ def test_orchestrate_data_keeps_the_tokenizer_already_in_its_folder_and_never_ov
     assert main(["data", "--out", str(out), *trained]) == 2
     assert f"{out / 'tokenizer'} holds another tokenizer" in capsys.readouterr().err
     assert (out / "tokenizer" / "tokenizer.json").read_bytes() == before
+
+
+def test_orchestrate_data_writes_your_data_as_the_phases_files_and_the_task_only_for_the_rest(tmp_path, capsys,
+                                                                                              paragraphs):
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs(40)))
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"q": f"Q{i}?", "hi": "a b c", "lo": "a"} for i in range(10)] + \
+           [{"q": f"Q{i}?", "hi": "a", "lo": "b"} for i in range(10)] + [{"q": "Q0?", "hi": "x"}]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    own = ["--set", f"data.reward={{path: '{pairs}', format: pairwise, prompt_field: q, chosen_field: hi, "
+                    f"rejected_field: lo, eval_fraction: 0.2}}", "--set", "reward.candidates=file",
+           "--set", "data.template='Q: {prompt} => {response}'"]
+    out = tmp_path / "out"
+    assert main(["data", "--out", str(out), *small_run(tmp_path, source), *own]) == 0
+    printed = capsys.readouterr().out
+    assert "data.reward: 8 train, 2 eval (eval_fraction 0.2)" in printed
+    assert "missing_field 1 (first at pairs.jsonl:21)" in printed
+    train = [json.loads(line) for line in (out / "rm_train.jsonl").read_text().splitlines()]
+    assert {tuple(r["responses"]) for r in train} == {("a b c", "a", "b")}   # a b c > a > b: one 3-way ranking
+    summary = json.loads((out / "data.json").read_text())
+    assert summary["own_data"]["reward"]["pairwise"]["merged_prompts"] == 10
+    assert summary["task"]["rm_train"]["examples"] == 8 and summary["task"]["rm_eval"]["pairs"] == 6
+    assert "mean_oracle_score" not in summary["task"]["sft_train"]          # no labeller with your own data
+    assert len((out / "sft_train.jsonl").read_text().splitlines()) == 12     # the shipped task for SFT and PPO

@@ -97,3 +97,28 @@ def test_ppo_prompts_are_left_padded_with_positions_from_the_mask(tmp_path, tok)
 def test_position_ids_count_only_real_tokens():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_the_default_template_is_the_fixed_answer_format():
+    from orchestrator.data.format import DEFAULT, DEFAULT_TEMPLATE, Template
+    assert Template.parse(DEFAULT_TEMPLATE) == DEFAULT
+    assert DEFAULT.prompt_text("List two fruits. ") + DEFAULT.response_text(" apple pear") == \
+        "List two fruits." + SEPARATOR + " apple pear"
+
+
+def test_a_template_joins_prompt_and_response_and_its_whitespace_starts_the_response(tok):
+    from orchestrator.data.format import Template
+    tokenizer, info = tok
+    template = Template.parse("Q: {prompt}\n\nA:\t{response} {{end}}")
+    assert template.prompt_text("Why?") == "Q: Why?\n\nA:" and template.response_text("Because.") == "\tBecause. {end}"
+    prompt = encode_prompt(tokenizer, "Why?", template=template)
+    response = encode_response(tokenizer, "Because.", eos_id=info.eos_id, template=template)
+    assert tokenizer.decode(prompt + response[:-1]) == "Q: Why?\n\nA:\tBecause. {end}"
+
+
+@pytest.mark.parametrize("text", ["{prompt}", "{response} {prompt}", "{prompt}{response}{prompt}", "{prompt} {other} {response}"])
+def test_a_template_without_one_prompt_then_one_response_is_refused(text):
+    from orchestrator.config.loader import FieldError
+    from orchestrator.config.run import DataConfig
+    with pytest.raises(FieldError, match=r"template=.*must hold \{prompt\} and then \{response\}"):
+        DataConfig(template=text)
