@@ -57,13 +57,11 @@ def local_device(device_type: str, local_rank: int) -> torch.device:
 
 
 def use_accelerator(device_type: str) -> None:
-    """Point DeepSpeed's accelerator at ``device_type`` (it picks CUDA whenever one is visible):
-    through ``DS_ACCELERATOR`` before DeepSpeed is first imported, ``set_accelerator`` after."""
-    import sys
+    """Point DeepSpeed's accelerator at ``device_type`` (it picks CUDA whenever one is visible).
 
-    if "deepspeed" not in sys.modules:
-        os.environ["DS_ACCELERATOR"] = device_type
-        return
+    ``set_accelerator``, not ``DS_ACCELERATOR``: with the variable set, DeepSpeed's JIT op for CPU
+    collectives hashes differently and is rebuilt (minutes) by every process that differs in it.
+    """
     from deepspeed.accelerator import get_accelerator, set_accelerator
 
     if get_accelerator().device_name() != device_type:

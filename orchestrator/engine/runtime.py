@@ -73,6 +73,14 @@ class Runtime:
     def device(self) -> torch.device:
         return self.state.device
 
+    @property
+    def forward_group(self):
+        """The group every forward of this model is a collective over, beyond its TP group: under
+        ZeRO-3 with dp > 1 each layer all-gathers its parameters from the data-parallel ranks, so
+        they must all run the same forwards (sampling and evaluation keep them in lockstep). None
+        when each replica may run forwards on its own."""
+        return self.state.dp_group if self.layout.zero_stage == 3 and self.layout.dp > 1 else None
+
     # --- training ---------------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict[str, Tensor]], loss_fn: Optional[LossFn] = None) -> StepResult:
         """One optimizer step over this data-parallel rank's ``layout.grad_accum`` micro-batches."""
