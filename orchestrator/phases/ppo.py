@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from orchestrator.data.format import decode_response
-from orchestrator.data.mixture import derived_seed, shuffled_positions
+from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.pretrain import build_pretrain_data
 from orchestrator.data.rlhf import collate_prompts, load_prompts
 from orchestrator.data.task import oracle_score
@@ -41,13 +41,13 @@ def response_logprobs(logits: torch.Tensor, sequences: torch.Tensor, prompt_len:
     return logp.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
 
 
-def sample_rollout(actor, prompts: dict, *, sampling, seed: int, eos_id: int, pad_id: int) -> Rollout:
+def sample_rollout(actor, prompts: dict, *, sampling, seed: tuple[int, ...], eos_id: int, pad_id: int) -> Rollout:
     """The actor's responses to one micro-batch of prompts (dropout off). The generator is the
     replica's (``seed`` and the data-parallel rank): both TP ranks of a replica draw the same
     tokens; under ZeRO-3 the data-parallel ranks stop together (``Runtime.forward_group``)."""
     model = actor.module_for_inference()
     model.eval()
-    generator = replica_generator(seed, dp_rank=actor.state.dp_rank, device=actor.device)
+    generator = replica_generator(*seed, dp_rank=actor.state.dp_rank, device=actor.device)
     try:
         return sample(model, input_ids=prompts["input_ids"].to(actor.device),
                       attention_mask=prompts["attention_mask"].to(actor.device),
@@ -156,7 +156,7 @@ class PPO(Phase):
 
     def rollout(self, prompts: dict, *, step: int, index: int) -> Rollout:
         return sample_rollout(self.trained["actor"], prompts, sampling=self.config.sampling,
-                              seed=derived_seed(self.ctx.config.seed, step, index), eos_id=self.tokenizer.eos_id,
+                              seed=(self.ctx.config.seed, step, index), eos_id=self.tokenizer.eos_id,
                               pad_id=self.tokenizer.pad_id)
 
     @torch.no_grad()

@@ -154,13 +154,14 @@ def sampling_generator(*, seed: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-def replica_generator(seed: int, *, dp_rank: int, device: torch.device) -> torch.Generator:
-    """The generator of one model replica: seeded from the data-parallel rank, never the global
-    rank, so the tensor-parallel ranks of a replica draw the same tokens (their forwards are
-    collectives over the TP group, and different tokens would desynchronise them)."""
+def replica_generator(*seed: int, dp_rank: int, device: torch.device) -> torch.Generator:
+    """The generator of one model replica, ``derived_seed(*seed, dp_rank)``: seeded from the
+    data-parallel rank, never the global rank, so the tensor-parallel ranks of a replica draw the
+    same tokens (their forwards are collectives over the TP group, and different tokens would
+    desynchronise them). Without TP the data-parallel rank is the global rank: same streams as before."""
     from orchestrator.data.mixture import derived_seed
 
-    return sampling_generator(seed=derived_seed(seed, dp_rank), device=device)
+    return sampling_generator(seed=derived_seed(*seed, dp_rank), device=device)
 
 
 def rank_batches(items: list, *, dp_rank: int, dp_size: int, batch_size: int, lockstep: bool) -> list:

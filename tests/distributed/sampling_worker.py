@@ -75,7 +75,7 @@ def case_rollout(tok, tp: int) -> dict:
     eos, pad = tok.eos_token_id, tok.pad_token_id
     batch = collate_prompts(prompt_examples(tok, PROMPTS[:4]), pad_id=pad)
     rollout = sample_rollout(rt, batch, sampling=SamplingConfig(max_new_tokens=12, temperature=1.0, top_p=0.9),
-                             seed=SEED, eos_id=eos, pad_id=pad)
+                             seed=(SEED,), eos_id=eos, pad_id=pad)
     scores = oracle_evaluation(rt.module_for_inference(), prompts=prompt_examples(tok, PROMPTS), tokenizer=tok,
                                eos_id=eos, pad_id=pad, batch_size=4, max_new_tokens=10, temperature=1.0, top_p=1.0,
                                seed=SEED, dp_rank=rt.state.dp_rank, dp_size=rt.layout.dp, device=rt.device,

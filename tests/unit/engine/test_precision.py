@@ -86,7 +86,7 @@ def test_kl_to_the_reference_is_exactly_zero_at_ppo_step_1_in_bf16():
     reference = frozen_model(get_model("tiny"), head="lm", state=state, device=actor.device, dtype=actor.dtype)
     prompts = torch.randint(3, 64, (4, 6), generator=torch.Generator().manual_seed(3))
     batch = {"input_ids": prompts, "attention_mask": torch.ones_like(prompts)}
-    rollout = sample_rollout(actor, batch, sampling=SamplingConfig(max_new_tokens=8), seed=5, eos_id=0, pad_id=1)
+    rollout = sample_rollout(actor, batch, sampling=SamplingConfig(max_new_tokens=8), seed=(5,), eos_id=0, pad_id=1)
     scored = {"sequences": rollout.sequences, "attention_mask": rollout.attention_mask,
               "position_ids": rollout.position_ids}
     model = actor.module_for_inference().eval()
