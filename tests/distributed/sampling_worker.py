@@ -40,7 +40,7 @@ from orchestrator.phases.sampling import oracle_evaluation, sample, sampling_gen
 from orchestrator.plan.layout import Layout
 
 SEED = 11
-HANG_S = 300
+HANG_S = 420
 """Seconds after which a rank prints its stack and exits (the test's own timeout is longer)."""
 OPTIM = OptimConfig(lr=1e-3, warmup_steps=0)
 TOPICS = ("fruits", "colors", "animals", "tools", "drinks")

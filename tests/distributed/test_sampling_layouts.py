@@ -18,7 +18,7 @@ import pytest
 from orchestrator.engine.launch.ports import free_port
 
 WORKER = Path(__file__).with_name("sampling_worker.py")
-TIMEOUT_S = 400
+TIMEOUT_S = 540
 
 pytestmark = pytest.mark.distributed
 

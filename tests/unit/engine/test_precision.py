@@ -11,6 +11,7 @@ from orchestrator.config.model import get_model
 from orchestrator.config.run import OptimConfig, SamplingConfig, load_run_config
 from orchestrator.engine.build import build_runtime, init_distributed
 from orchestrator.engine.ds_config import build_ds_config, cluster_precision
+from orchestrator.engine.launch.ports import free_port
 from orchestrator.engine.parallel import local_device
 from orchestrator.engine.precision import resolve_run_precision
 from orchestrator.phases import rl_math
@@ -23,7 +24,9 @@ OPTIM = OptimConfig(lr=3e-3, warmup_steps=1, grad_clip=1.0)
 
 @pytest.fixture(scope="module", autouse=True)
 def world_of_one():
+    """A world of one; an earlier module may have left its process group up (and its variables gone)."""
     saved = dict(os.environ)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     init_distributed(timeout_minutes=2)
     yield
     os.environ.clear()
