@@ -10,19 +10,25 @@ AdamW with the same hyperparameters and gradient clipping at 1.0:
   so ours vs plain_fused is the cost of the runtime itself;
 - ``hf``:    ``transformers.GPT2LMHeadModel`` of the same shape, the same optimizer and clipping.
 
+Every contender runs on ``--device`` (cpu, or cuda: GPU 0) in ``--precision``: fp32, or bf16 —
+ours as the runtime trains in it (DeepSpeed's bf16 module with fp32 master weights), plain and HF
+under ``torch.autocast`` (fp32 weights, bf16 matmuls), the usual way to train them in bf16.
+
 Contenders take turns step by step (ours, plain, plain_fused, hf, ours, …) so load from other
 processes hits them alike. On a shared machine wall-clock times swing with the load, so the
 table also gives process CPU time and compares contenders by paired ratios (each step against
 the plain loop's step of the same turn); the fastest step is the least disturbed wall figure.
 Achieved FLOP/s uses the model FLOPs of Narayanan et al. 2021 (``GPTConfig.flops_per_token``,
-no recompute) and is given as a fraction of this machine's measured fp32 matmul peak.
+no recompute) and is given as a fraction of this machine's measured matmul peak in the same precision.
 
     .venv/bin/python -m benchmarks.train_throughput --steps 10 --write BENCHMARKS.md
     .venv/bin/python -m benchmarks.train_throughput --shapes gpt-25m:256:8 --steps 4
+    .venv/bin/python -m benchmarks.train_throughput --precision bf16 --device cuda
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -43,6 +49,29 @@ from orchestrator.model.params import init_parameters, param_shards
 
 OPTIM = OptimConfig(lr=3e-4, warmup_steps=0, grad_clip=1.0)
 HEADING = "## Training throughput"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and in what precision every contender runs."""
+
+    device: torch.device
+    precision: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+    def autocast(self):
+        """bf16 matmuls for the fp32-weight contenders (plain, HF); nothing in fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 @dataclass(frozen=True)
@@ -92,29 +121,33 @@ def adamw(params, *, fused: bool | None = None) -> torch.optim.AdamW:
                              weight_decay=OPTIM.weight_decay, fused=fused)
 
 
-def ours_step(shape: Shape) -> Callable[[dict], float]:
+def ours_step(shape: Shape, target: Target) -> Callable[[dict], float]:
     from orchestrator.engine.build import build_runtime
     from orchestrator.plan.layout import Layout
 
     runtime = build_runtime(shape.config, Layout(micro_batch=shape.batch, grad_accum=1), OPTIM,
-                            total_steps=1000, seed=0)
+                            total_steps=1000, seed=0, precision=target.precision, device_type=target.device.type)
     return lambda batch: runtime.train_step([batch]).loss
 
 
-def plain_step(shape: Shape, *, fused: bool | None = None) -> Callable[[dict], float]:
+def plain_step(shape: Shape, target: Target, *, fused: bool | None = None) -> Callable[[dict], float]:
     config = shape.config
     model = GPT(config)
     init_parameters(param_shards(model), config=config, seed=0)
+    model.to(target.device)
     optimizer = adamw(model.parameters(), fused=fused)
 
-    return torch_step(model, optimizer)
+    return torch_step(model, optimizer, target)
 
 
-def torch_step(model, optimizer) -> Callable[[dict], float]:
+def torch_step(model, optimizer, target: Target) -> Callable[[dict], float]:
     """A plain PyTorch training step (forward, backward, clip, AdamW) shared by the plain and HF contenders."""
 
     def step(batch: dict) -> float:
-        loss = lm_loss(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+        batch = {key: value.to(target.device) for key, value in batch.items()}
+        with target.autocast():
+            logits = model(input_ids=batch["input_ids"]).logits
+        loss = lm_loss(logits, batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
         optimizer.step()
@@ -124,7 +157,7 @@ def torch_step(model, optimizer) -> Callable[[dict], float]:
     return step
 
 
-def hf_step(shape: Shape) -> Callable[[dict], float]:
+def hf_step(shape: Shape, target: Target) -> Callable[[dict], float]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = shape.config
@@ -132,20 +165,21 @@ def hf_step(shape: Shape) -> Callable[[dict], float]:
     model = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab, n_positions=c.ctx, n_embd=c.d_model, n_layer=c.n_layers,
                                        n_head=c.n_heads, resid_pdrop=c.dropout, embd_pdrop=c.dropout,
                                        attn_pdrop=c.dropout, bos_token_id=0, eos_token_id=0)).train()
+    model.to(target.device)
     optimizer = adamw(model.parameters())
 
-    return torch_step(model, optimizer)
+    return torch_step(model, optimizer, target)
 
 
-def matmul_flops(n: int, seconds: float) -> float:
-    """fp32 FLOP/s of n × n CPU matmuls for about ``seconds``: the runtime's MFU probe (``engine.peak``)."""
-    return time_matmuls(n, dtype=torch.float32, device=torch.device("cpu"), seconds=seconds)
+def matmul_flops(n: int, seconds: float, target: Target) -> float:
+    """FLOP/s of n × n matmuls in the target's precision for about ``seconds``: the runtime's MFU probe (``engine.peak``)."""
+    return time_matmuls(n, dtype=target.dtype, device=target.device, seconds=seconds)
 
 
-def matmul_peak(seconds: float = 3.0) -> float:
-    """Best fp32 FLOP/s over a few sizes (``engine.peak.measure_peak``, not its cache: this run's own figure)."""
-    return measure_peak(dtype=torch.float32, device=torch.device("cpu"), seconds=seconds,
-                        sizes=(1024, 2048, 3072))[0]
+def matmul_peak(target: Target, seconds: float = 3.0) -> float:
+    """Best FLOP/s over a few sizes (``engine.peak.measure_peak``, not its cache: this run's own figure)."""
+    sizes = (1024, 2048, 3072) if target.device.type == "cpu" else (4096, 8192)
+    return measure_peak(dtype=target.dtype, device=target.device, seconds=seconds, sizes=sizes)[0]
 
 
 def optimizer_step_seconds(shape: Shape, repeats: int = 3) -> dict[str, float]:
@@ -164,16 +198,16 @@ def optimizer_step_seconds(shape: Shape, repeats: int = 3) -> dict[str, float]:
     return seconds
 
 
-def contenders(shape: Shape) -> dict[str, Callable[[dict], float]]:
-    return {"ours": ours_step(shape), "plain": plain_step(shape), "plain_fused": plain_step(shape, fused=True),
-            "hf": hf_step(shape)}
+def contenders(shape: Shape, target: Target) -> dict[str, Callable[[dict], float]]:
+    return {"ours": ours_step(shape, target), "plain": plain_step(shape, target),
+            "plain_fused": plain_step(shape, target, fused=True), "hf": hf_step(shape, target)}
 
 
-def measure(shape: Shape, *, steps: int, warmup: int) -> tuple[dict[str, dict], list[float]]:
+def measure(shape: Shape, target: Target, *, steps: int, warmup: int) -> tuple[dict[str, dict], list[float]]:
     """Wall and CPU seconds of every step per contender. Contenders take turns step by step, so
     load from other processes falls on all of them alike and each step can be compared with the
     neighbouring steps of the others (paired ratios)."""
-    steppers = contenders(shape)
+    steppers = contenders(shape, target)
     data = batches(shape, warmup + steps)
     for step in steppers.values():
         for batch in data[:warmup]:
@@ -181,10 +215,11 @@ def measure(shape: Shape, *, steps: int, warmup: int) -> tuple[dict[str, dict], 
     times: dict[str, dict] = {name: {"wall": [], "cpu": []} for name in steppers}
     probes = []
     for batch in data[warmup:]:
-        probes.append(matmul_flops(2048, 0.5))      # a peak probe in every turn, under the turn's load
+        probes.append(matmul_flops(2048, 0.5, target))     # a peak probe in every turn, under the turn's load
         for name, step in steppers.items():
+            target.synchronize()
             wall, cpu = time.perf_counter(), time.process_time()
-            step(batch)
+            step(batch)                                         # returns the loss as a float: synchronised
             times[name]["wall"].append(time.perf_counter() - wall)
             times[name]["cpu"].append(time.process_time() - cpu)
     return times, probes
@@ -208,10 +243,11 @@ def shape_rows(shape: Shape, times: dict[str, dict], *, peak: float) -> list[lis
 
 
 def report(results: dict[Shape, dict[str, dict]], *, peak: float, optimizer: dict[Shape, dict[str, float]],
-           steps: int, command: str) -> str:
+           steps: int, command: str, target: Target) -> str:
+    p = target.precision
     header = ["shape (preset:seq:batch)", "params", "contender", "median step s", "fastest step s",
               "median CPU s per step", "tokens/s (median)", "model GFLOP/s (fastest)",
-              "of fp32 matmul peak (fastest)", "speed vs plain: wall / CPU"]
+              f"of {p} matmul peak (fastest)", "speed vs plain: wall / CPU"]
     rows = [row for shape, times in results.items() for row in shape_rows(shape, times, peak=peak)]
     flops = "; ".join(f"`{shape.preset}` {shape.config.flops_per_token(seq=shape.seq) * shape.tokens / 1e9:.1f} GFLOP "
                       f"({shape.config.flops_per_token(seq=shape.seq) / 1e6:.1f} MFLOP per token)" for shape in results)
@@ -219,12 +255,15 @@ def report(results: dict[Shape, dict[str, dict]], *, peak: float, optimizer: dic
                      for shape, secs in optimizer.items())
     machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads"
+    if target.device.type == "cuda":
+        machine += f", GPU {torch.cuda.get_device_name(target.device)}"
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return "\n".join([
-        HEADING, "",
-        f"One process, fp32, AdamW, clipping 1.0; {steps} measured steps per contender and shape, taken in turns.",
+        heading(target), "",
+        f"One process on {target.device.type}, {p}, AdamW, clipping 1.0; {steps} measured steps per contender and "
+        f"shape, taken in turns.",
         "", "```bash", command, "```", "",
-        f"Machine: {machine}; load average {load} (1 / 5 / 15 min) at the end; fp32 matmul peak: "
+        f"Machine: {machine}; load average {load} (1 / 5 / 15 min) at the end; {p} matmul peak: "
         f"{peak / 1e9:.1f} GFLOP/s, the best of probes taken before the run and in every turn (so it and the "
         f"fastest steps are the least disturbed figures). Date: {today()}.", "",
         markdown_table(header, rows), "",
@@ -240,23 +279,36 @@ def report(results: dict[Shape, dict[str, dict]], *, peak: float, optimizer: dic
         "CPU-time ratios are the steadiest comparison.", ""])
 
 
+def heading(target: Target) -> str:
+    """The BENCHMARKS.md section a run writes: the fp32 CPU one keeps its historical name."""
+    if target.device.type == "cpu" and target.precision == "fp32":
+        return HEADING
+    return f"{HEADING} ({target.device.type}, {target.precision})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", type=Shape.parse, default=list(SHAPES),
                         help="PRESET:SEQ:BATCH each (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per contender")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--write", type=Path, help="update this file's '## Training throughput' section")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every contender runs")
+    parser.add_argument("--precision", choices=tuple(DTYPES), default="fp32", help="what every contender computes in")
+    parser.add_argument("--write", type=Path, help="update this file's '## Training throughput' section "
+                                                   "(for another device or precision, its own section)")
     args = parser.parse_args()
-    peak = matmul_peak()
+    target = Target(device=torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu"),
+                    precision=args.precision)
+    peak = matmul_peak(target)
     results, optimizer = {}, {}
     for shape in args.shapes:
-        results[shape], probes = measure(shape, steps=args.steps, warmup=args.warmup)
+        results[shape], probes = measure(shape, target, steps=args.steps, warmup=args.warmup)
         optimizer[shape] = optimizer_step_seconds(shape)
         peak = max(peak, *probes)
     command = (f".venv/bin/python -m benchmarks.train_throughput --shapes {' '.join(map(str, args.shapes))} "
-               f"--steps {args.steps} --warmup {args.warmup}" + (f" --write {args.write}" if args.write else ""))
-    section = report(results, peak=peak, optimizer=optimizer, steps=args.steps, command=command)
+               f"--steps {args.steps} --warmup {args.warmup} --device {args.device} --precision {args.precision}"
+               + (f" --write {args.write}" if args.write else ""))
+    section = report(results, peak=peak, optimizer=optimizer, steps=args.steps, command=command, target=target)
     print(section)
     if args.write:
         write_section(args.write, section)

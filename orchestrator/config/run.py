@@ -26,6 +26,7 @@ from orchestrator.plan.layout import Layout
 from orchestrator.plan.validate import layout_range_errors
 
 PHASES = ("pretrain", "sft", "reward", "ppo")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,28 @@ class ClusterConfig:
     nodes: int = 1
     gpus_per_node: int = 1
     """Ranks per node (GPUs, or CPU processes for gpu: cpu)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """The dtype the models compute in. auto: bf16 on GPUs; on CPUs whichever of bf16 and fp32
+    matmuls runs faster on this machine (measured once, ``engine.peak``), so a CPU with bf16
+    matrix units (AMX) trains in bf16. ``orchestrate run`` writes the choice into the run's
+    ``run_config.yaml``. The device is ``gpu``'s kind (CPU ranks on gloo, or CUDA ranks on NCCL),
+    never whatever happens to be visible."""
 
     def __post_init__(self) -> None:
         if self.gpu.lower() not in DEVICES:
             raise FieldError("gpu", self.gpu, f"must be one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise FieldError("precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
         check_ranges(self, {"nodes": AT_LEAST_ONE, "gpus_per_node": AT_LEAST_ONE})
 
     @property
     def world(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def device_type(self) -> str:
+        """``cpu`` for ``gpu: cpu``, else ``cuda``: where every rank computes."""
+        return "cpu" if self.gpu.lower() == "cpu" else "cuda"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from orchestrator.config.model import GPTConfig
 from orchestrator.config.run import OptimConfig
 from orchestrator.engine.consolidate import check_plain_state, local_shards
+from orchestrator.engine.master import set_fp32_masters
 from orchestrator.engine.ds_config import build_ds_config, check_ds_config, config_precision, optimizer_clips
 from orchestrator.engine.optim import GuardedAdamW, StepGuard, global_norm_clipper, parameter_groups
 from orchestrator.engine.parallel import (ParallelState, build_parallel_state,
@@ -42,33 +43,29 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 
 def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *, total_steps: int,
-                  head: str = "lm", seed: int, precision: Optional[str] = None,
+                  head: str = "lm", seed: int, precision: Optional[str] = None, device_type: str = "cpu",
                   ds_config: Optional[dict] = None, init_state: Optional[dict[str, Tensor]] = None,
                   timeout_minutes: float = 10.0) -> Runtime:
     """This rank's ``Runtime`` for ``model_config`` under ``layout``. Collective: all ranks call it.
 
-    ``ds_config``: the DeepSpeed config, passed to ``deepspeed.initialize`` exactly as given (a
-    phase passes its ``PHASE/ds_config.json``); its precision is the run's. None builds it with
-    ``engine.ds_config.build_ds_config``, the function the runner writes that file with, for
-    ``precision`` (None: bf16 on CUDA, fp32 on CPU) and ``optim.grad_clip``. ``init_state``: a
-    plain (consolidated) state dict to start from instead of a fresh init — every rank passes it.
+    ``device_type``: ``cpu`` (gloo) or ``cuda`` (NCCL, GPU ``LOCAL_RANK``), as the run config's
+    ``cluster.gpu`` says. ``ds_config``: the DeepSpeed config, passed to ``deepspeed.initialize``
+    exactly as given (a phase passes its ``PHASE/ds_config.json``); its precision is the run's.
+    None builds it with ``engine.ds_config.build_ds_config``, the function the runner writes that
+    file with, for ``precision`` (None: bf16 on CUDA, fp32 on CPU) and ``optim.grad_clip``.
+    ``init_state``: a plain (consolidated) state dict to start from instead of a fresh init —
+    every rank passes it; in bf16 its fp32 values become the optimizer's master weights.
     """
-    # 1. the job and the layout
-    context = init_distributed(timeout_minutes=timeout_minutes)
+    # 1. the job, the layout and the precision
+    context = init_distributed(device_type=device_type, timeout_minutes=timeout_minutes)
     layout = layout.resolve(context.world)
-    require_runtime(layout, model_config, head=head)   # the validator `orchestrate run` ran before launch
+    precision = _precision(precision, ds_config, device_type=device_type)
+    require_runtime(layout, model_config, head=head, precision=precision)   # what `orchestrate run` checked
     if ds_config is None:
-        precision = precision or ("bf16" if context.device.type == "cuda" else "fp32")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
-        ds_config = build_ds_config(layout, model=model_config, precision=precision,
-                                    gpu=context.device.type == "cuda", grad_clip=optim.grad_clip)
+        ds_config = build_ds_config(layout, model=model_config, precision=precision, gpu=device_type == "cuda",
+                                    grad_clip=optim.grad_clip)
     else:
         check_ds_config(ds_config, layout, source="the DeepSpeed config")
-        if precision is not None and precision != config_precision(ds_config):
-            raise ValueError(f"precision={precision!r} but the DeepSpeed config trains in "
-                             f"{config_precision(ds_config)}: pass one of them")
-        precision = config_precision(ds_config)
     if init_state is not None:
         check_plain_state(init_state, config=model_config, head=head)
     # 2. the grid
@@ -91,7 +88,22 @@ def build_runtime(model_config: GPTConfig, layout: Layout, optim: OptimConfig, *
                              clip_norm=global_norm_clipper(state) if own_clipping else None)
     # 6. DeepSpeed, with the config as given (the buckets the memory plan counted, clipping 0 where we clip)
     runtime.engine = _initialize(module, optimizer, ds_config, state=state)
+    if init_state is not None and runtime.dtype != torch.float32:
+        # DeepSpeed made its fp32 masters from the 16-bit copy: give them the parent's fp32 values back
+        set_fp32_masters(runtime.engine, shards, init_state)
     return runtime
+
+
+def _precision(precision: Optional[str], ds_config: Optional[dict], *, device_type: str) -> str:
+    """The precision asked for, the DeepSpeed config's, or the device's default — refusing a mismatch."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if ds_config is None:
+        return precision or ("bf16" if device_type == "cuda" else "fp32")
+    if precision is not None and precision != config_precision(ds_config):
+        raise ValueError(f"precision={precision!r} but the DeepSpeed config trains in "
+                         f"{config_precision(ds_config)}: pass one of them")
+    return config_precision(ds_config)
 
 
 def _build_module(config: GPTConfig, *, state: ParallelState, head: str, loss_fn) -> nn.Module:

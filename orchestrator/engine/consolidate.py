@@ -9,7 +9,7 @@ Load: every rank cuts its pieces out of the plain state dict (``Shard.take``).
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -20,6 +20,8 @@ from orchestrator.engine.parallel import ParallelState
 from orchestrator.model.moe import local_expert_offset
 from orchestrator.model.params import Shard, load_plain_state, param_shards, plain_parameter_shapes
 from orchestrator.model.pipeline import pipeline_plain_name
+
+Master = Callable[[nn.Parameter], Optional[Tensor]]
 
 
 def local_shards(module: nn.Module, *, state: ParallelState, config: GPTConfig) -> list[tuple[nn.Parameter, Shard]]:
@@ -48,11 +50,12 @@ def _owns(param: nn.Parameter, state: ParallelState) -> bool:
     return (state.expert_dp_rank if is_expert else state.dp_rank) == 0
 
 
-def _full_tensors(shards: list[tuple[nn.Parameter, Shard]], *, state: ParallelState,
-                  zero3: bool) -> Iterator[tuple[nn.Parameter, Shard, Tensor]]:
+def _full_tensors(shards: list[tuple[nn.Parameter, Shard]], *, state: ParallelState, zero3: bool,
+                  master: Optional[Master] = None) -> Iterator[tuple[nn.Parameter, Shard, Tensor]]:
     for param, shard in shards:
-        with _gathered(param, zero3=zero3):
-            local = param.detach()
+        value = master(param) if master is not None else None   # a 16-bit engine's fp32 master (collective)
+        with _gathered(param, zero3=zero3 and value is None):
+            local = param.detach() if value is None else value
             if shard.dim is None:
                 full = local
             else:
@@ -63,9 +66,10 @@ def _full_tensors(shards: list[tuple[nn.Parameter, Shard]], *, state: ParallelSt
 
 
 def gather_plain_state(shards: list[tuple[nn.Parameter, Shard]], *, state: ParallelState,
-                       zero3: bool) -> dict[str, Tensor]:
-    """The plain GPT state dict on rank 0 (an empty dict on the other ranks). Collective."""
-    mine = {shard.name: full for param, shard, full in _full_tensors(shards, state=state, zero3=zero3)
+                       zero3: bool, master: Optional[Master] = None) -> dict[str, Tensor]:
+    """The plain GPT state dict on rank 0 (an empty dict on the other ranks). Collective.
+    ``master(param)``: the fp32 master of a 16-bit engine's parameter (``engine.master``), or None."""
+    mine = {shard.name: full for param, shard, full in _full_tensors(shards, state=state, zero3=zero3, master=master)
             if _owns(param, state)}
     received: list = [None] * dist.get_world_size() if state.rank == 0 else None
     dist.gather_object(mine, received, dst=0)

@@ -17,7 +17,7 @@ from orchestrator.plan.layout import Layout
 from orchestrator.plan.memory import planned_bucket_elements
 
 if TYPE_CHECKING:
-    from orchestrator.config.run import RunConfig
+    from orchestrator.config.run import ClusterConfig, RunConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
 DS_CONFIG_FILE = "ds_config.json"
@@ -50,12 +50,23 @@ def zero_section(layout: Layout, *, bucket_elements: Optional[int] = None, overl
     return section
 
 
-def precision_section(precision: Precision) -> dict:
-    if precision == "bf16":
-        return {"bf16": {"enabled": True}}
-    if precision == "fp16":
-        return {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}}
-    return {}
+def precision_section(precision: Precision, layout: Layout) -> dict:
+    """``bf16`` / ``fp16`` and, for 16-bit training under ZeRO ≥ 1, ``data_types.grad_accum_dtype:
+    fp32``: gradients are summed over the micro-batches in fp32 (what the memory plan counts).
+
+    DeepSpeed 0.19 (``engine._do_optimizer_sanity_check``) honours it as follows: ZeRO 1 in bf16
+    builds its ``BF16_Optimizer`` (fp32 gradient buffers), ZeRO 1 with offload and ZeRO 2/3 keep
+    fp32 gradient partitions (``gradient_accumulation_dtype``); without ZeRO it raises "unsupported
+    mix" — there the gradient of each micro-batch stays bf16, so the validator allows 16-bit ZeRO 0
+    only with one micro-batch per step (``plan.validate``, code ``bf16_accumulation``).
+    """
+    if precision == "fp32":
+        return {}
+    section: dict = {"bf16": {"enabled": True}} if precision == "bf16" else \
+        {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}}
+    if layout.zero_stage >= 1:
+        section["data_types"] = {"grad_accum_dtype": "fp32"}
+    return section
 
 
 def monitor_section(*, tensorboard_dir: Optional[str], wandb_project: Optional[str], job_name: str,
@@ -105,7 +116,7 @@ def build_ds_config(layout: Layout, *, model: GPTConfig, precision: Precision = 
         "zero_optimization": zero_section(layout, bucket_elements=planned_bucket_elements(model, layout),
                                           overlap_comm=gpu),
         "zero_allow_untested_optimizer": True,
-        **precision_section(precision),
+        **precision_section(precision, layout),
         **monitor_section(tensorboard_dir=tensorboard_dir, wandb_project=wandb_project, job_name=job_name,
                           csv_dir=csv_dir),
     }
@@ -126,16 +137,23 @@ def build_ds_config(layout: Layout, *, model: GPTConfig, precision: Precision = 
     return config
 
 
-def cluster_precision(gpu: str) -> Precision:
-    """bf16 on GPU clusters (GPT-3 scale training), fp32 for CPU ranks (``cluster.gpu: cpu``)."""
-    return "bf16" if gpu != "cpu" else "fp32"
+def cluster_precision(cluster: "ClusterConfig") -> Precision:
+    """The precision a cluster config trains in: ``cluster.precision``, with auto meaning bf16 on
+    GPUs. auto on a CPU is settled by measurement (``engine.precision.resolve_run_precision``,
+    which ``orchestrate run`` applies before anything reads this)."""
+    if cluster.precision != "auto":
+        return cluster.precision
+    if cluster.device_type == "cuda":
+        return "bf16"
+    raise ValueError("cluster.precision=auto on gpu: cpu is chosen by measuring this machine's bf16 and fp32 "
+                     "matmuls (`orchestrate run` does it): set cluster.precision=fp32 or bf16 to plan without it")
 
 
 def phase_ds_config(config: "RunConfig", *, phase: str, layout: Layout) -> dict:
     """``build_ds_config`` for one phase of a run, ``layout`` resolved against the cluster's world:
     what the runner writes to ``PHASE/ds_config.json``."""
-    return build_ds_config(layout, model=config.model, precision=cluster_precision(config.cluster.gpu),
-                           gpu=config.cluster.gpu != "cpu", grad_clip=config.phase(phase).optim.grad_clip,
+    return build_ds_config(layout, model=config.model, precision=cluster_precision(config.cluster),
+                           gpu=config.cluster.device_type == "cuda", grad_clip=config.phase(phase).optim.grad_clip,
                            job_name=f"{config.name}-{phase}")
 
 

@@ -34,29 +34,65 @@ class DistributedContext:
     backend: str
 
 
-def detect_device(local_rank: int) -> tuple[torch.device, str]:
-    """CUDA + NCCL when a GPU is visible, else CPU + gloo."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank), "nccl"
-    return torch.device("cpu"), "gloo"
+DEVICE_TYPES = ("cpu", "cuda")
+BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
 
 
-def init_distributed(*, timeout_minutes: float = 10.0) -> DistributedContext:
-    """Join the job's process group (idempotent).
+def local_device(device_type: str, local_rank: int) -> torch.device:
+    """This rank's device: the CPU, or GPU ``local_rank`` of this node — from the run config
+    (``cluster.gpu``), never from what happens to be visible, so a ``gpu: cpu`` job stays on the
+    CPU on a GPU machine, and a GPU job that finds too few GPUs stops with the reason."""
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"device {device_type!r}: choose one of {', '.join(DEVICE_TYPES)}")
+    if device_type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"the run config asks for GPUs but this process sees none (torch {torch.__version__}, "
+                           f"torch.cuda.is_available() is False): run on a GPU node with a CUDA build of torch, "
+                           f"or set cluster.gpu=cpu")
+    visible = torch.cuda.device_count()
+    if local_rank >= visible:
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but this node has {visible} visible GPU(s) (one rank per GPU): "
+                           f"set cluster.gpus_per_node ≤ {visible}, or check CUDA_VISIBLE_DEVICES")
+    return torch.device("cuda", local_rank)
+
+
+def use_accelerator(device_type: str) -> None:
+    """Point DeepSpeed's accelerator at ``device_type`` (it picks CUDA whenever one is visible).
+
+    ``set_accelerator``, not ``DS_ACCELERATOR``: with the variable set, DeepSpeed's JIT op for CPU
+    collectives hashes differently and is rebuilt (minutes) by every process that differs in it.
+    """
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if get_accelerator().device_name() != device_type:
+        if device_type == "cpu":
+            from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+        else:
+            from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+        set_accelerator(Accelerator())
+
+
+def init_distributed(*, device_type: str = "cpu", timeout_minutes: float = 10.0) -> DistributedContext:
+    """Join the job's process group (idempotent) on ``device_type`` ranks: CPU + gloo or CUDA + NCCL.
 
     Under ``torchrun`` or the ``deepspeed`` launcher the rendezvous comes from RANK / WORLD_SIZE /
     MASTER_ADDR / MASTER_PORT / LOCAL_RANK; under mpirun DeepSpeed discovers it from MPI; a plain
     ``python`` process becomes a world of one. ``timeout_minutes`` bounds every collective, so a
     dead rank fails the job instead of hanging it.
     """
-    import deepspeed
-
     launched = any(key in os.environ for key in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"))
     if not dist.is_initialized() and not launched:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device, backend = detect_device(local_rank)
+    device, backend = local_device(device_type, local_rank), BACKENDS[device_type]
+    if dist.is_initialized() and dist.get_backend() != backend:
+        raise RuntimeError(f"this process already joined a {dist.get_backend()} job, but {device_type} ranks need "
+                           f"{backend}: one process runs on one kind of device")
+    use_accelerator(device_type)
+    import deepspeed
+
     if device.type == "cuda":
         torch.cuda.set_device(device)
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes), verbose=False)

@@ -22,6 +22,7 @@ from orchestrator.config.model import GPTConfig
 from orchestrator.config.run import OptimConfig
 from orchestrator.engine.consolidate import (check_plain_state, gather_plain_state, load_plain_state_sharded,
                                              local_shards)
+from orchestrator.engine.master import fp32_master, set_fp32_masters, trains_in_16_bit
 from orchestrator.engine.optim import StepGuard, learning_rate
 from orchestrator.engine.parallel import ParallelState
 from orchestrator.model.gpt import GPT, GPTOutput
@@ -71,6 +72,14 @@ class Runtime:
     @property
     def device(self) -> torch.device:
         return self.state.device
+
+    @property
+    def forward_group(self):
+        """The group every forward of this model is a collective over, beyond its TP group: under
+        ZeRO-3 with dp > 1 each layer all-gathers its parameters from the data-parallel ranks, so
+        they must all run the same forwards (sampling and evaluation keep them in lockstep). None
+        when each replica may run forwards on its own."""
+        return self.state.dp_group if self.layout.zero_stage == 3 and self.layout.dp > 1 else None
 
     # --- training ---------------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict[str, Tensor]], loss_fn: Optional[LossFn] = None) -> StepResult:
@@ -177,17 +186,22 @@ class Runtime:
         return client_state["client_state"]
 
     def consolidated_state_dict(self) -> dict[str, Tensor]:
-        """The plain GPT state dict (fp32, CPU) on rank 0, from any layout; {} elsewhere. Collective."""
-        return gather_plain_state(self._shards(), state=self.state, zero3=self.layout.zero_stage == 3)
+        """The plain GPT state dict (fp32, CPU) on rank 0, from any layout; {} elsewhere. In bf16
+        it holds the optimizer's fp32 master weights, not the module's rounding. Collective."""
+        return gather_plain_state(self._shards(), state=self.state, zero3=self.layout.zero_stage == 3,
+                                  master=lambda param: fp32_master(self.engine, param))
 
     def load_consolidated(self, state_dict: dict[str, Tensor]) -> None:
         """Set the weights from a plain state dict (every rank passes it). Optimizer moments are
-        kept; the optimizer's fp32 master copy is refreshed from the new weights. Collective."""
+        kept; the optimizer's fp32 master copy takes the state dict's fp32 values. Collective."""
         check_plain_state(state_dict, config=self.model_config, head=self.head)
-        load_plain_state_sharded(self._shards(), state_dict, zero3=self.layout.zero_stage == 3)
+        shards = self._shards()
+        load_plain_state_sharded(shards, state_dict, zero3=self.layout.zero_stage == 3)
         refresh = getattr(self.engine.optimizer, "refresh_fp32_params", None)
-        if refresh is not None:
+        if refresh is not None:         # the optimizer's own copies (ZeRO partitions) from the new weights
             refresh()
+        if trains_in_16_bit(self.engine):   # … and in 16 bits their exact fp32 values, not the rounding
+            set_fp32_masters(self.engine, shards, state_dict)
 
     def module_for_inference(self) -> GPT:
         """The whole GPT module (pp = 1) for forward passes with a KV cache (PPO rollouts)."""

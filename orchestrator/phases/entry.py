@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     config = read_run_config(args.run_dir)
-    job = init_distributed(timeout_minutes=config.launch.timeout_minutes)
+    job = init_distributed(device_type=config.cluster.device_type, timeout_minutes=config.launch.timeout_minutes)
     ctx = PhaseContext(phase=args.phase, run_dir=Path(args.run_dir), config=config, rank=job.rank, world=job.world)
     module, name = PHASE_CLASSES[args.phase]
     try:

@@ -32,13 +32,29 @@ def parent_weights(run_dir: Path, *, parent: str, head: str, model: dict,
     return torch.load(Path(run_dir) / parent / manifest.checkpoint, map_location="cpu", weights_only=True)
 
 
-def frozen_model(config, *, head: str, state: dict, device: torch.device) -> GPT:
-    """A whole GPT in eval mode without gradients (reference policy, reward model)."""
+def frozen_model(config, *, head: str, state: dict, device: torch.device, dtype: torch.dtype) -> GPT:
+    """A whole GPT in eval mode without gradients (reference policy, reward model), in the
+    runtime's ``dtype``: its fp32 state rounded as DeepSpeed rounds the trained model's, so a bf16
+    reference computes exactly what the bf16 actor it started as computes (KL 0 at step 1)."""
     with torch.device("meta"):
         model = GPT(config, head=head)
     model = materialize(model, device)
     load_plain_state(param_shards(model), state)
-    return model.eval().requires_grad_(False)
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def run_dtype(config) -> torch.dtype:
+    """The dtype a run's models compute in (``cluster.precision``, auto already resolved)."""
+    from orchestrator.engine.ds_config import cluster_precision
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[cluster_precision(config.cluster)]
+
+
+def phase_device(ctx) -> torch.device:
+    """This rank's device as the run config says (``cluster.gpu``); the process group is up."""
+    if ctx.config.cluster.device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def begin(run_dir: Path, *, phase: str, model: dict, head: str, layout, tokenizer: dict) -> Manifest:

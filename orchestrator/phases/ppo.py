@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from orchestrator.data.format import decode_response
-from orchestrator.data.mixture import derived_seed, shuffled_positions
+from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.pretrain import build_pretrain_data
 from orchestrator.data.rlhf import collate_prompts, load_prompts
 from orchestrator.data.labeller import score as labeller_score
@@ -31,8 +31,8 @@ from orchestrator.phases import rl_math
 from orchestrator.phases.context import RunTokenizer, load_run_tokenizer, parent_state
 from orchestrator.phases.loop import Phase, StepOutcome
 from orchestrator.phases.outputs import frozen_model
-from orchestrator.phases.sampling import Rollout, oracle_evaluation, sample, sampling_generator
 from orchestrator.phases.pretrain_loss import PretrainLoss
+from orchestrator.phases.sampling import Rollout, oracle_evaluation, replica_generator, sample
 from orchestrator.phases.sft import load_eval_prompts, phase_file, run_labeller
 
 
@@ -40,6 +40,23 @@ def response_logprobs(logits: torch.Tensor, sequences: torch.Tensor, prompt_len:
     """log π(token) of each response token: logits at t−1 score the token at t. (B, N)."""
     logp = torch.log_softmax(logits[:, prompt_len - 1:-1].float(), dim=-1)
     return logp.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
+
+
+def sample_rollout(actor, prompts: dict, *, sampling, seed: tuple[int, ...], eos_id: int, pad_id: int) -> Rollout:
+    """The actor's responses to one micro-batch of prompts (dropout off). The generator is the
+    replica's (``seed`` and the data-parallel rank): both TP ranks of a replica draw the same
+    tokens; under ZeRO-3 the data-parallel ranks stop together (``Runtime.forward_group``)."""
+    model = actor.module_for_inference()
+    model.eval()
+    generator = replica_generator(*seed, dp_rank=actor.state.dp_rank, device=actor.device)
+    try:
+        return sample(model, input_ids=prompts["input_ids"].to(actor.device),
+                      attention_mask=prompts["attention_mask"].to(actor.device),
+                      max_new_tokens=sampling.max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                      temperature=sampling.temperature, top_p=sampling.top_p, generator=generator,
+                      lockstep_group=actor.forward_group)
+    finally:
+        model.train()
 
 
 def forward_rollout(model, batch: dict):
@@ -100,14 +117,15 @@ class PPO(Phase):
         rm = parent_state(self.ctx, parent="reward", tokenizer=self.tokenizer)
         ppo, seed = self.config, self.ctx.config.seed
         common = dict(total_steps=ppo.loop.steps * ppo.ppo_epochs, seed=seed, ds_config=self.ctx.ds_config(),
+                      device_type=self.ctx.config.cluster.device_type,
                       timeout_minutes=self.ctx.config.launch.timeout_minutes)
         actor = build_runtime(self.model_config, ppo.layout, ppo.optim, head="lm",
                               init_state=None if resuming else sft, **common)
         critic = build_runtime(self.model_config, ppo.layout, dataclasses.replace(ppo.optim, lr=ppo.critic_lr),
                                head="scalar", init_state=None if resuming else rm, **common)
-        frozen_device = torch.device("cpu") if ppo.offload_frozen else actor.device
-        self.reference = frozen_model(self.model_config, head="lm", state=sft, device=frozen_device)
-        self.reward_model = frozen_model(self.model_config, head="scalar", state=rm, device=frozen_device)
+        frozen = dict(device=torch.device("cpu") if ppo.offload_frozen else actor.device, dtype=actor.dtype)
+        self.reference = frozen_model(self.model_config, head="lm", state=sft, **frozen)      # the actor's dtype:
+        self.reward_model = frozen_model(self.model_config, head="scalar", state=rm, **frozen)  # KL 0 at step 1
         self.trained = {"actor": actor, "critic": critic}
 
     def exported_runtime(self):
@@ -145,20 +163,9 @@ class PPO(Phase):
                            tokens=actor_result.tokens, metrics=metrics)
 
     def rollout(self, prompts: dict, *, step: int, index: int) -> Rollout:
-        actor = self.trained["actor"]
-        model = actor.module_for_inference()
-        model.eval()
-        generator = sampling_generator(seed=derived_seed(self.ctx.config.seed, step, index, self.ctx.rank),
-                                       device=actor.device)
-        sampling = self.config.sampling
-        try:
-            return sample(model, input_ids=prompts["input_ids"].to(actor.device),
-                          attention_mask=prompts["attention_mask"].to(actor.device),
-                          max_new_tokens=sampling.max_new_tokens, eos_id=self.tokenizer.eos_id,
-                          pad_id=self.tokenizer.pad_id, temperature=sampling.temperature,
-                          top_p=sampling.top_p, generator=generator)
-        finally:
-            model.train()
+        return sample_rollout(self.trained["actor"], prompts, sampling=self.config.sampling,
+                              seed=(self.ctx.config.seed, step, index), eos_id=self.tokenizer.eos_id,
+                              pad_id=self.tokenizer.pad_id)
 
     @torch.no_grad()
     def score(self, rollout: Rollout, *, values: bool = True) -> dict:
@@ -170,7 +177,7 @@ class PPO(Phase):
         p = rollout.prompt_len
         frozen = {k: v.to(next(self.reference.parameters()).device) for k, v in batch.items()}
         last = p + rl_math.last_token_index(rollout.response_mask)
-        rm_values = forward_rollout(self.reward_model, frozen).logits
+        rm_values = forward_rollout(self.reward_model, frozen).logits.float()
         batch["score"] = rm_values.gather(1, last.to(rm_values.device)[:, None]).squeeze(1).to(actor.device)
         batch["ref_logprobs"] = response_logprobs(forward_rollout(self.reference, frozen).logits,
                                                   frozen["sequences"], p).to(actor.device)
@@ -180,7 +187,8 @@ class PPO(Phase):
             model.eval()
             out = forward_rollout(model, batch).logits
             model.train()
-            batch[key] = response_logprobs(out, batch["sequences"], p) if key == "old_logprobs" else out[:, p - 1:-1]
+            batch[key] = response_logprobs(out, batch["sequences"], p) if key == "old_logprobs" else \
+                out[:, p - 1:-1].float()
         batch["prompt_len"] = torch.tensor(p)
         return batch
 
@@ -231,7 +239,7 @@ class PPO(Phase):
 
     def critic_loss(self, forward, batch: dict):
         p = int(batch["prompt_len"])
-        values = forward_rollout(forward, batch).logits[:, p - 1:-1]
+        values = forward_rollout(forward, batch).logits[:, p - 1:-1].float()
         mask = batch["response_mask"]
         loss = rl_math.value_loss(values, batch["old_values"], batch["returns"], mask, value_clip=self.config.value_clip)
         return loss, {"explained_variance": rl_math.explained_variance(values.detach(), batch["returns"], mask)}
@@ -263,7 +271,7 @@ class PPO(Phase):
                                  max_new_tokens=evaluation.max_new_tokens, temperature=evaluation.temperature,
                                  top_p=evaluation.top_p, seed=evaluation.seed, dp_rank=actor.state.dp_rank,
                                  dp_size=actor.layout.dp, device=device, group=actor.state.dp_group,
-                                 extra_stats=extra_stats)
+                                 lockstep_group=actor.forward_group, extra_stats=extra_stats)
 
     def sft_levels(self) -> dict[str, float]:
         """The frozen SFT policy's held-out RM score (and labeller score) under the same protocol and

@@ -19,19 +19,20 @@ from orchestrator.data.rlhf import collate_rm, load_rm
 from orchestrator.model.params import initial_value, plain_parameter_shapes
 from orchestrator.phases import outputs, rl_math
 from orchestrator.phases.context import load_run_tokenizer, parent_state
-from orchestrator.phases.outputs import frozen_model
-from orchestrator.phases.sampling import sample, sampling_generator, sums_over_ranks
+from orchestrator.phases.outputs import frozen_model, phase_device, run_dtype
 from orchestrator.phases.pretrain_loss import PretrainLoss
+from orchestrator.phases.sampling import rank_batches, sample, sampling_generator, sums_over_ranks
 from orchestrator.phases.sft import phase_file, run_labeller
 from orchestrator.phases.supervised import SupervisedPhase
 
 
 def rewards_at_eos(forward, batch: dict) -> torch.Tensor:
-    """(B, K) rewards: one forward over the B·K responses, the scalar head read at each EOS."""
+    """(B, K) rewards in fp32 (the ranking loss and accuracy are computed in fp32 whatever the
+    model's dtype): one forward over the B·K responses, the scalar head read at each EOS."""
     batch_size, k, seq = batch["input_ids"].shape
     values = forward(batch["input_ids"].view(batch_size * k, seq)).logits        # (B·K, T)
     eos = batch["eos_index"].view(batch_size * k, 1)
-    return values.gather(1, eos).view(batch_size, k)
+    return values.gather(1, eos).view(batch_size, k).float()
 
 
 def ranking_loss_fn(forward, batch: dict):
@@ -104,8 +105,8 @@ class Reward(SupervisedPhase):
             return given
         files = {split: self.ctx.phase_dir / f"rm_policy_{split}.jsonl" for split in given}
         if self.ctx.is_main and not all(path.is_file() for path in files.values()):
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-            model = frozen_model(self.ctx.config.model, head="lm", state=sft_state, device=device)
+            model = frozen_model(self.ctx.config.model, head="lm", state=sft_state, device=phase_device(self.ctx),
+                                 dtype=run_dtype(self.ctx.config))
             for index, (split, path) in enumerate(files.items()):
                 prompts = [json.loads(line)["prompt"] for line in given[split].read_text().splitlines() if line.strip()]
                 write_policy_rankings(model, prompts=prompts, out=path, k=self.config.k, labeller=run_labeller(self.ctx),
@@ -133,13 +134,17 @@ class Reward(SupervisedPhase):
         runtime = self.runtime
         model = runtime.module_for_inference()
         model.eval()
-        mine = self.eval_examples[runtime.state.dp_rank::runtime.layout.dp]
+        batches = rank_batches(self.eval_examples, dp_rank=runtime.state.dp_rank, dp_size=runtime.layout.dp,
+                               batch_size=runtime.layout.micro_batch, lockstep=runtime.forward_group is not None)
         correct = pairs = loss_sum = prompts = 0.0
-        for start in range(0, len(mine), runtime.layout.micro_batch):
-            batch = {k: v.to(runtime.device) for k, v in collate_rm(mine[start:start + runtime.layout.micro_batch],
+        for chunk in batches:
+            batch = {k: v.to(runtime.device) for k, v in collate_rm(chunk or self.eval_examples[:1],
                                                                      pad_id=self.tokenizer.pad_id).items()}
+            rewards = rewards_at_eos(model, batch)       # a placeholder batch (None) keeps ZeRO-3 ranks in step
+            if chunk is None:
+                continue
             preferred = rl_math.preference_matrix(batch["scores"], batch["valid"])
-            loss, accuracy = rl_math.ranking_loss(rewards_at_eos(model, batch), preferred)
+            loss, accuracy = rl_math.ranking_loss(rewards, preferred)
             n_pairs = float(preferred.sum())
             correct, pairs = correct + float(accuracy) * n_pairs, pairs + n_pairs
             loss_sum, prompts = loss_sum + float(loss) * len(batch["scores"]), prompts + len(batch["scores"])

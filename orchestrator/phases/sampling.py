@@ -97,8 +97,15 @@ def draw(probs: Tensor, *, generator: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def sample(model, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, eos_id: int, pad_id: int,
-           temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator) -> Rollout:
+           temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator,
+           lockstep_group=None) -> Rollout:
     """Sample up to ``max_new_tokens`` per prompt, stopping each row at its EOS. ``model`` must be in eval mode.
+
+    ``lockstep_group``: the ranks whose every forward is one collective (ZeRO-3's data-parallel
+    group, ``Runtime.forward_group``); generation stops only when no row of any of them is
+    alive, so all run the same number of forwards (a rank stopping at its own EOS would leave
+    the others waiting in a parameter all-gather). Tensor-parallel ranks need no group: they
+    draw the same tokens from the same generator (``replica_generator``).
 
     ``no_grad``, not ``inference_mode``: under ZeRO-3 the forward's hooks gather parameters into
     ``param.data``, which must stay ordinary tensors for the training step that follows.
@@ -120,7 +127,7 @@ def sample(model, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: 
         tokens.append(token)
         response_mask.append(alive.long())
         alive = alive & (token != eos_id)
-        if not alive.any():
+        if not any_alive(alive, group=lockstep_group):
             break
         out = model(token[:, None], attention_mask=mask[:, :prompt_len + step + 1], position_ids=next_position,
                     kv_cache=cache)
@@ -132,10 +139,41 @@ def sample(model, *, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: 
     return Rollout(sequences=sequences, attention_mask=full_mask, response_mask=response_mask, prompt_len=prompt_len)
 
 
+def any_alive(alive: Tensor, *, group=None) -> bool:
+    """Whether a row is still being sampled here, or with ``group`` on any of its ranks."""
+    if group is None or dist.get_world_size(group) == 1:
+        return bool(alive.any())
+    flag = alive.any().to(torch.int32).reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    return bool(flag.item())
+
+
 def sampling_generator(*, seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def replica_generator(*seed: int, dp_rank: int, device: torch.device) -> torch.Generator:
+    """The generator of one model replica, ``derived_seed(*seed, dp_rank)``: seeded from the
+    data-parallel rank, never the global rank, so the tensor-parallel ranks of a replica draw the
+    same tokens (their forwards are collectives over the TP group, and different tokens would
+    desynchronise them). Without TP the data-parallel rank is the global rank: same streams as before."""
+    from orchestrator.data.mixture import derived_seed
+
+    return sampling_generator(seed=derived_seed(*seed, dp_rank), device=device)
+
+
+def rank_batches(items: list, *, dp_rank: int, dp_size: int, batch_size: int, lockstep: bool) -> list:
+    """This data-parallel rank's share of ``items`` (every ``dp_size``-th), in batches. In
+    lockstep (``Runtime.forward_group`` is set) every rank gets as many batches as the rank with
+    the most, the missing ones None: a rank then runs a placeholder forward that it does not count."""
+    mine = items[dp_rank::dp_size]
+    batches: list = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
+    if lockstep:
+        most = -(-len(items) // dp_size)                 # rank 0 holds ceil(len / dp)
+        batches += [None] * (-(-most // batch_size) - len(batches))
+    return batches
 
 
 def sums_over_ranks(values: list[float], *, device: torch.device, group=None) -> list[float]:
@@ -150,40 +188,52 @@ def sums_over_ranks(values: list[float], *, device: torch.device, group=None) ->
 def oracle_evaluation(model, *, prompts: list, labeller: Optional[Callable[[str, str], float]], tokenizer,
                       eos_id: int, pad_id: int, batch_size: int, max_new_tokens: int, temperature: float,
                       top_p: float, seed: int, dp_rank: int, dp_size: int, device: torch.device, group=None,
+                      lockstep_group=None,
                       extra_stats: Optional[Callable[[Rollout], dict[str, float]]] = None) -> dict[str, float]:
     """Mean labeller score (``oracle_score``; left out when ``labeller`` is None), length and EOS rate
     of responses sampled for held-out ``prompts`` (``PromptExample``s).
 
     Sampled at ``temperature`` (1.0: greedy decoding of a tiny model repeats one token and hides
     the differences between policies, SPEC §6), with a fixed seed so two policies are compared on
-    the same prompts and the same random stream. Prompts are dealt out over data-parallel ranks.
-    ``extra_stats(rollout)`` may add per-batch sums (e.g. KL to a reference); they are averaged per prompt.
+    the same prompts and the same random stream. Prompts are dealt out over data-parallel ranks
+    (the seed is per data-parallel rank, so the tensor-parallel ranks of a replica agree); with
+    ``lockstep_group`` (ZeRO-3) every rank runs the same number of batches and of sampling steps
+    (``rank_batches``, ``sample``). ``extra_stats(rollout)`` may add per-batch sums (e.g. KL to a
+    reference); they are averaged per prompt.
     """
     from orchestrator.data.format import decode_response
     from orchestrator.data.labeller import score
     from orchestrator.data.rlhf import collate_prompts
 
-    mine = prompts[dp_rank::dp_size]
+    batches = rank_batches(prompts, dp_rank=dp_rank, dp_size=dp_size, batch_size=batch_size,
+                           lockstep=lockstep_group is not None)
     generator = sampling_generator(seed=seed + dp_rank, device=device)
-    sums = {"response_length": 0.0, "eos_rate": 0.0, **({"oracle_score": 0.0} if labeller else {})}
+    sums, counted = {"response_length": 0.0, "eos_rate": 0.0, **({"oracle_score": 0.0} if labeller else {})}, 0
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(mine), batch_size):
-            batch = collate_prompts(mine[start:start + batch_size], pad_id=pad_id)
+        for chunk in batches:
+            batch = collate_prompts(chunk if chunk is not None else prompts[:1], pad_id=pad_id)
             rollout = sample(model, input_ids=batch["input_ids"].to(device),
                              attention_mask=batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
-                             eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=generator)
+                             eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=generator,
+                             lockstep_group=lockstep_group)
+            extra = extra_stats(rollout) if extra_stats else {}     # forwards too: run on placeholders as well
+            if chunk is None:
+                for key in extra:   # every rank sums the same keys, also one that only ran placeholders
+                    sums.setdefault(key, 0.0)
+                continue
+            counted += len(chunk)
             for prompt, ids, mask in zip(batch["prompts"], rollout.responses.cpu(), rollout.response_mask.cpu()):
                 if labeller is not None:
                     sums["oracle_score"] += score(labeller, prompt, decode_response(tokenizer, ids, eos_id=eos_id))
                 sums["response_length"] += float(mask.sum())
                 sums["eos_rate"] += float((ids[mask.bool()] == eos_id).any())
-            for key, value in (extra_stats(rollout) if extra_stats else {}).items():
+            for key, value in extra.items():
                 sums[key] = sums.get(key, 0.0) + value
     finally:
         model.train(was_training)
     keys = sorted(sums)
-    totals = sums_over_ranks([sums[k] for k in keys] + [float(len(mine))], device=device, group=group)
+    totals = sums_over_ranks([sums[k] for k in keys] + [float(counted)], device=device, group=group)
     count = max(totals[-1], 1.0)
     return {key: total / count for key, total in zip(keys, totals)}

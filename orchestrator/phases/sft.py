@@ -139,4 +139,5 @@ def score_policy(phase, runtime, *, model=None) -> dict[str, float]:
                              pad_id=phase.tokenizer.pad_id, batch_size=evaluation.batch_size,
                              max_new_tokens=evaluation.max_new_tokens, temperature=evaluation.temperature,
                              top_p=evaluation.top_p, seed=evaluation.seed, dp_rank=runtime.state.dp_rank,
-                             dp_size=runtime.layout.dp, device=runtime.device, group=runtime.state.dp_group)
+                             dp_size=runtime.layout.dp, device=runtime.device, group=runtime.state.dp_group,
+                             lockstep_group=runtime.forward_group)

@@ -37,7 +37,7 @@ class SupervisedPhase(Phase):
         cfg = self.ctx.config
         runtime = build_runtime(cfg.model, self.config.layout, self.config.optim, total_steps=self.config.loop.steps,
                                 head=self.head, seed=cfg.seed, init_state=init_state, ds_config=self.ctx.ds_config(),
-                                timeout_minutes=cfg.launch.timeout_minutes)
+                                device_type=cfg.cluster.device_type, timeout_minutes=cfg.launch.timeout_minutes)
         self.trained = {"model": runtime}
 
     @property

@@ -85,23 +85,25 @@ def check_layout(layout: Layout, job: Job) -> list[Issue]:
     basic = [*_check_ranges(layout), *_check_seq_range(job)]
     if basic:  # degrees below 1 would make the other checks divide by zero
         return basic
-    issues = [*_check_world(layout, job), *check_runtime(layout, job.model, head=job.head, ppo=job.ppo),
+    issues = [*_check_world(layout, job),
+              *check_runtime(layout, job.model, head=job.head, ppo=job.ppo, precision=job.precision),
               *_check_tensor_cluster(layout, job), *_check_pipeline_split(layout, job), *_check_batch(layout, job),
               *_check_sequence(layout, job)]
     return _ordered(issues)
 
 
-def check_runtime(layout: Layout, model: GPTConfig, *, head: str = "lm", ppo: bool = False) -> list[Issue]:
-    """What the model and the (resolved) layout alone decide: errors, and "plan only" limits of
-    this project's runtime (sequence parallelism, interleaving, MoE with tp or pp > 1, a scalar
-    head under pp > 1). The rank calls it through ``require_runtime``."""
+def check_runtime(layout: Layout, model: GPTConfig, *, head: str = "lm", ppo: bool = False,
+                  precision: str = "fp32") -> list[Issue]:
+    """What the model, the (resolved) layout and the precision alone decide: errors, and "plan
+    only" limits of this project's runtime (sequence parallelism, interleaving, MoE with tp or
+    pp > 1, a scalar head under pp > 1). The rank calls it through ``require_runtime``."""
     basic = list(_check_ranges(layout))
     if head not in HEADS:
         basic.append(error("head", f"head {head!r}: choose one of {', '.join(HEADS)}"))
     if basic:
         return basic
     issues = [*_check_tensor(layout, model), *_check_pipeline(layout, model, head=head, ppo=ppo),
-              *_check_experts(layout, model), *_check_zero(layout, model)]
+              *_check_experts(layout, model), *_check_zero(layout, model), *_check_accumulation(layout, precision)]
     return _ordered(issues)
 
 
@@ -110,9 +112,9 @@ def runtime_refusals(issues: list[Issue]) -> list[Issue]:
     return [issue for issue in issues if issue.severity in ("error", "plan_only")]
 
 
-def require_runtime(layout: Layout, model: GPTConfig, *, head: str = "lm") -> None:
+def require_runtime(layout: Layout, model: GPTConfig, *, head: str = "lm", precision: str = "fp32") -> None:
     """Raise ``LayoutError`` with every reason this runtime cannot run ``layout`` for ``model``."""
-    refusals = runtime_refusals(check_runtime(layout, model, head=head))
+    refusals = runtime_refusals(check_runtime(layout, model, head=head, precision=precision))
     if refusals:
         raise LayoutError("; ".join(issue.message for issue in refusals))
 
@@ -252,6 +254,17 @@ def _check_zero(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
                                 f"with ep to shard the experts")
     if layout.offload_optimizer and zero == 0:
         yield error("offload_zero", "optimizer offload needs ZeRO ≥ 1: use zero 1, 2 or 3")
+
+
+def _check_accumulation(layout: Layout, precision: str) -> Iterator[Issue]:
+    """16-bit gradients summed over micro-batches lose the small ones (bf16 keeps 8 bits of
+    mantissa): DeepSpeed 0.19 accumulates in fp32 (``data_types.grad_accum_dtype``, written by
+    ``engine.ds_config``) only under ZeRO ≥ 1, and refuses it without ZeRO."""
+    if precision != "fp32" and layout.zero_stage == 0 and layout.grad_accum > 1:
+        yield error("bf16_accumulation",
+                    f"{precision} with ZeRO 0 would sum the gradients of grad_accum {layout.grad_accum} micro-batches "
+                    f"in {precision} (DeepSpeed accumulates in fp32 only under ZeRO ≥ 1): use zero_stage 1 (at "
+                    f"dp 1 it holds the same memory), grad_accum 1, or cluster.precision=fp32")
 
 
 def _check_batch(layout: Layout, job: Job) -> Iterator[Issue]:

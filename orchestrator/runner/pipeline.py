@@ -23,6 +23,7 @@ from typing import IO, Optional
 from orchestrator.config.loader import to_dict
 from orchestrator.config.run import PHASES, RunConfig
 from orchestrator.engine.launch import ENTRY_MODULE, LaunchCommand, deepspeed_env_text
+from orchestrator.engine.precision import resolve_run_precision
 from orchestrator.handoff.checkpoint import read_latest, relayout_refusal
 from orchestrator.handoff.manifest import (PARENTS, Manifest, manifest_path, rerun_hint, verified_complete,
                                           verify_parent)
@@ -168,7 +169,7 @@ def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Opti
     that runs, on node 0; False for entry modules that read no data.
     """
     out = out or sys.stdout
-    config = with_run_dir(config, run_dir)
+    config = resolve_run_precision(with_run_dir(config, run_dir))   # auto → what runs, as run_config.yaml says
     directory = Path(config.run_dir)
     selected = select_phases(config.phases, only=only, start=start)
     stamps = manifest_stamps(directory, selected)
@@ -225,6 +226,7 @@ def write_sbatch(config: RunConfig, *, run_dir: Optional[str] = None, path: str)
 
     config = with_run_dir(config, run_dir)
     config = dataclasses.replace(config, launch=dataclasses.replace(config.launch, multinode="no_ssh"))
+    config = resolve_run_precision(config)   # a CPU cluster's auto is measured here: set it if the nodes differ
     resolve_layouts(config)  # every layout checked; the hostfile is written by the job itself, from its allocation
     directory = Path(config.run_dir)
     directory.mkdir(parents=True, exist_ok=True)

@@ -89,12 +89,12 @@ def resolve_layouts(config: RunConfig) -> tuple[dict[str, Layout], dict[str, lis
 
 
 def uses_gpu(config: RunConfig) -> bool:
-    return config.cluster.gpu != "cpu"
+    return config.cluster.device_type == "cuda"
 
 
 def phase_precision(config: RunConfig) -> Precision:
-    """bf16 on GPU clusters (GPT-3 scale training), fp32 for CPU ranks."""
-    return cluster_precision(config.cluster.gpu)
+    """``cluster.precision`` (auto already resolved on CPUs: ``engine.precision``)."""
+    return cluster_precision(config.cluster)
 
 
 def launch_target(config: RunConfig) -> Target:

@@ -173,8 +173,10 @@ def new_run_dir(path: Path, *, data: Path) -> Path:
 
 def write_run_config(run_dir: Path, sets: Sequence[str]) -> None:
     """``RUN_DIR/run_config.yaml`` as ``orchestrate run`` writes it, for starting a phase entry directly."""
+    from orchestrator.engine.precision import resolve_run_precision
+
     config = load_run_config(TINY_RECIPE, [*sets, f"run_dir={run_dir}"])
-    save_run_config(config, run_dir / "run_config.yaml")
+    save_run_config(resolve_run_precision(config), run_dir / "run_config.yaml")   # auto → fp32 / bf16, as the runner
 
 
 def copy_run(source: Path, target: Path, *, phases: Sequence[str]) -> Path:

@@ -46,7 +46,9 @@ BAD = [
     ("bad recompute", job(), dict(recompute="most"), "range", ["recompute 'most'"]),
     ("zero out of range", job(), dict(zero_stage=4), "range", ["zero_stage 4 must be 0, 1, 2 or 3"]),
     ("zero degree", job(), dict(tp=0), "range", ["tp 0 must be an integer >= 1"]),
-    ("memory", job(gpus=8, batch=8), dict(tp=8, pp=1, dp=1, zero_stage=0), "memory", ["GiB per GPU", "usable"]),
+    ("memory", job(gpus=8, batch=8), dict(tp=8, pp=1, dp=1, zero_stage=1), "memory", ["GiB per GPU", "usable"]),
+    ("bf16 accumulation", job(gpus=8, batch=64), dict(tp=8, pp=1, dp=1, zero_stage=0), "bf16_accumulation",
+     ["bf16 with ZeRO 0", "grad_accum 64", "use zero_stage 1"]),
 ]
 
 

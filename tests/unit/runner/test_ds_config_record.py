@@ -33,7 +33,7 @@ def world_of_one():
 
 def tiny_run(tmp_path, *sets):
     return load_run_config({"name": "t", "run_dir": str(tmp_path / "run"), "model": "tiny", "phases": ["pretrain"]},
-                           ["pretrain.layout.grad_accum=2", "pretrain.optim.grad_clip=0.5", *sets])
+                           ["pretrain.layout.grad_accum=2", "pretrain.optim.grad_clip=0.5", "cluster.precision=fp32", *sets])
 
 
 def written_job(config):
