@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from orchestrator.config.model import GPTConfig
 from orchestrator.model.attention import AttentionMasks
 from orchestrator.model.gpt import Block, TokenEmbedding
+from orchestrator.plan.partition import layers_per_stage
 
 TIED_KEY = "embed"
 FIRST_BLOCK = 2
@@ -102,16 +103,43 @@ def build_pipeline(config: GPTConfig, *, topology, tp_group, loss_fn: Callable[[
     """
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
-    # build_runtime refused what this cannot build (MoE, more stages than layers): plan.validate.check_runtime
+    # build_runtime refused what this cannot build (more stages than layers, an uneven split not asked for):
+    # plan.validate.check_runtime
     embed = partial(TiedLayerSpec, TIED_KEY, TiedEmbedding, config, tp_group, dtype, tied_weight_attr=["wte.weight"])
     specs = [embed(), LayerSpec(Positions, config)]
     specs += [LayerSpec(PipeBlock, config, i, tp_group, dtype, recompute == "selective")
               for i in range(config.n_layers)]
     specs += [LayerSpec(FinalNorm, config), embed(forward_fn=tied_logits)]
-    return PipelineModule(layers=specs, topology=topology, loss_fn=loss_fn, partition_method="type:PipeBlock",
-                          activation_checkpoint_interval=1 if recompute == "full" else 0,
-                          activation_checkpoint_func=partial(checkpoint, use_reentrant=False),
-                          checkpointable_layers=["PipeBlock"], dynamic_shape=True)
+    module = PipelineModule(layers=specs, topology=topology, loss_fn=loss_fn, partition_method="type:PipeBlock",
+                            activation_checkpoint_interval=1 if recompute == "full" else 0,
+                            activation_checkpoint_func=partial(checkpoint, use_reentrant=False),
+                            checkpointable_layers=["PipeBlock"], dynamic_shape=True)
+    check_stage_bounds(list(module.parts), n_layers=config.n_layers, pp=topology.get_dim("pipe"))
+    return module
+
+
+def planned_stage_bounds(*, n_layers: int, pp: int) -> list[int]:
+    """Layer-spec index where each stage starts (and the end): the planner's split
+    (``plan.partition.layers_per_stage``: the first ``n_layers % pp`` stages one block more), with
+    the embeddings before the first block on the first stage and the head after the last on the last.
+
+    >>> planned_stage_bounds(n_layers=10, pp=4)      # blocks 3, 3, 2, 2 at spec indices 2..11
+    [0, 5, 8, 10, 14]
+    """
+    bounds, end = [0], FIRST_BLOCK
+    for blocks in layers_per_stage(n_layers, pp)[:-1]:
+        end += blocks
+        bounds.append(end)
+    return bounds + [n_layers + FIRST_BLOCK + 2]
+
+
+def check_stage_bounds(parts: list[int], *, n_layers: int, pp: int) -> None:
+    """DeepSpeed's balanced split (``partition_method="type:PipeBlock"``) must be the planner's, so
+    memory plans, checkpoints and stage sizes name the same layers; raise if a DeepSpeed change moved it."""
+    planned = planned_stage_bounds(n_layers=n_layers, pp=pp)
+    if [int(p) for p in parts] != planned:
+        raise RuntimeError(f"DeepSpeed split the {n_layers} blocks over pp {pp} at spec indices {list(map(int, parts))}, "
+                           f"the planner at {planned} (stages {list(layers_per_stage(n_layers, pp))})")
 
 
 def pipeline_plain_name(local_name: str, *, n_layers: int) -> str:

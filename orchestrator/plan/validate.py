@@ -86,7 +86,7 @@ def check_layout(layout: Layout, job: Job) -> list[Issue]:
     if basic:  # degrees below 1 would make the other checks divide by zero
         return basic
     issues = [*_check_world(layout, job), *check_runtime(layout, job.model, head=job.head, ppo=job.ppo),
-              *_check_tensor_cluster(layout, job), *_check_pipeline_split(layout, job), *_check_batch(layout, job),
+              *_check_tensor_cluster(layout, job), *_check_batch(layout, job),
               *_check_sequence(layout, job)]
     return _ordered(issues)
 
@@ -184,8 +184,9 @@ def _check_tensor_cluster(layout: Layout, job: Job) -> Iterator[Issue]:
 def _check_pipeline(layout: Layout, model: GPTConfig, *, head: str, ppo: bool) -> Iterator[Issue]:
     layers, pp, v = model.n_layers, layout.pp, layout.interleave
     if pp > layers:
-        yield error("pp_layers", f"pp {pp} > {layers} layers: a stage would be empty; use pp ≤ {layers}")
+        yield error("pp_empty", f"pp {pp} > {layers} layers: a stage would be empty; use pp ≤ {layers}")
         return
+    yield from _check_pipeline_split(layout, model)
     if v > 1:
         yield from _check_interleave(layout, model)
     if ppo and pp > 1:
@@ -197,16 +198,16 @@ def _check_pipeline(layout: Layout, model: GPTConfig, *, head: str, ppo: bool) -
                                            f"(tp, dp and ZeRO are fine)")
 
 
-def _check_pipeline_split(layout: Layout, job: Job) -> Iterator[Issue]:
-    layers, pp = job.model.n_layers, layout.pp
+def _check_pipeline_split(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
+    layers, pp = model.n_layers, layout.pp
     if pp > layers or not layers % pp:
         return
-    if job.uneven_pipeline:
+    if layout.uneven_pipeline:
         yield note("pp_uneven", f"{layers} layers over pp {pp}: stages hold {list(layers_per_stage(layers, pp))}")
     else:
-        even = [p for p in divisors(layers) if p <= job.world]
+        even = [p for p in divisors(layers) if p > 1]
         yield error("pp_layers", f"layers {layers} not divisible by pp {pp}: use pp ∈ {_names(even)} "
-                                 f"or allow uneven stages (--uneven-pipeline)")
+                                 f"or allow uneven stages (--uneven-pipeline; layout.uneven_pipeline: true in a recipe)")
 
 
 def _check_interleave(layout: Layout, model: GPTConfig) -> Iterator[Issue]:

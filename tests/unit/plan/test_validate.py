@@ -9,7 +9,7 @@ from orchestrator.config.model import get_model
 from orchestrator.plan.evaluate import evaluate
 from orchestrator.plan.job import BatchTarget, Job
 from orchestrator.plan.layout import Layout, LayoutError
-from orchestrator.plan.validate import check_layout, check_runtime, fill_grad_accum, require_runtime
+from orchestrator.plan.validate import check_layout, check_runtime, fill_grad_accum, require_runtime, runtime_refusals
 
 
 def job(model="gpt3-175b", gpus=1024, batch=1536, **kw):
@@ -24,7 +24,7 @@ GOOD = Layout(tp=8, pp=16, dp=8, zero_stage=1, micro_batch=1, recompute="full")
 BAD = [
     ("world", job(), dict(dp=2), "world", ["world 1024 != tp 8 × pp 16 × dp 2 (=256)", "use dp 8"]),
     ("heads", job(), dict(tp=5, dp=12), "heads_tp", ["heads 96 not divisible by tp 5", "{1, 2, 3, 4, 6, 8, 12"]),
-    ("pp over layers", job(), dict(pp=128, tp=8, dp=1), "pp_layers", ["pp 128 > 96 layers"]),
+    ("pp over layers", job(), dict(pp=128, tp=8, dp=1), "pp_empty", ["pp 128 > 96 layers"]),
     ("pp uneven", job(model="gpt3-13b", gpus=64, batch=512), dict(tp=8, pp=3, dp=2, micro_batch=1, recompute="full"),
      "pp_layers", ["layers 40 not divisible by pp 3", "--uneven-pipeline"]),
     ("zero with pp", job(), dict(zero_stage=2), "zero_pp", ["ZeRO ≤ 1", "zero 2 with pp 16"]),
@@ -84,11 +84,18 @@ def test_warnings_are_not_errors():
 
 
 def test_uneven_pipeline_is_allowed_only_when_asked_and_drops_no_layer():
-    the_job = job(model="gpt3-13b", gpus=24, batch=24, uneven_pipeline=True)
+    the_job = job(model="gpt3-13b", gpus=24, batch=24)
     layout = Layout(tp=8, pp=3, dp=1, zero_stage=0, recompute="full", sequence_parallel=True)
-    evaluation = evaluate(layout, the_job)
+    refused = evaluate(layout, the_job)
+    assert [i.code for i in refused.errors] == ["pp_layers"]
+    evaluation = evaluate(dataclasses.replace(layout, uneven_pipeline=True), the_job)
     assert not [i for i in evaluation.errors if i.code == "pp_layers"]
     assert any("[14, 13, 13]" in i.message for i in evaluation.issues)
+    # the runtime's validator decides it too: a rank refuses an uneven split nobody asked for
+    plain = dataclasses.replace(layout, sequence_parallel=False)
+    assert [i.code for i in runtime_refusals(check_runtime(plain, the_job.model))] == ["pp_layers"]
+    assert not runtime_refusals(check_runtime(dataclasses.replace(layout, uneven_pipeline=True, sequence_parallel=False),
+                                              the_job.model))
 
 
 def test_token_batches_round_to_a_multiple_of_micro_batch_times_dp():
