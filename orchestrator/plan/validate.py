@@ -87,14 +87,15 @@ def check_layout(layout: Layout, job: Job) -> list[Issue]:
         return basic
     issues = [*_check_world(layout, job), *check_runtime(layout, job.model, head=job.head, ppo=job.ppo),
               *_check_tensor_cluster(layout, job), *_check_batch(layout, job),
-              *_check_sequence(layout, job)]
+              *_check_sequence(layout, job), *_check_moe_capacity(layout, job)]
     return _ordered(issues)
 
 
 def check_runtime(layout: Layout, model: GPTConfig, *, head: str = "lm", ppo: bool = False) -> list[Issue]:
     """What the model and the (resolved) layout alone decide: errors, and "plan only" limits of
-    this project's runtime (sequence parallelism, interleaving, MoE with tp or pp > 1, a scalar
-    head under pp > 1). The rank calls it through ``require_runtime``."""
+    this project's runtime (sequence parallelism, interleaving, a scalar head under pp > 1). MoE
+    runs with every tp, pp and ep DeepSpeed allows (ZeRO ≤ 1 under a pipeline, ≤ 2 with experts).
+    The rank calls it through ``require_runtime``."""
     basic = list(_check_ranges(layout))
     if head not in HEADS:
         basic.append(error("head", f"head {head!r}: choose one of {', '.join(HEADS)}"))
@@ -238,9 +239,7 @@ def _check_experts(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
     if dp % ep:
         valid = [e for e in divisors(model.n_experts) if dp % e == 0]
         yield error("ep_dp", f"ep {ep} is carved out of dp {dp} and must divide it: use ep ∈ {_names(valid)}")
-    if layout.tp > 1 or layout.pp > 1:
-        yield plan_only("runtime_moe", f"model {model.name} has experts: this runtime runs MoE with tp 1 and pp 1 "
-                                       f"(got tp {layout.tp}, pp {layout.pp}); scale it with ep and dp")
+
 
 
 def _check_zero(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
@@ -279,6 +278,36 @@ def _batch_fix(target: float, per_step: int) -> str:
         return f"micro_batch × dp = {per_step} exceeds the batch; use a smaller micro-batch"
     lower, upper = int(target // per_step) * per_step, int(-(-target // per_step)) * per_step
     return f"use a global batch of {lower} or {upper}, or another micro-batch"
+
+
+def moe_capacity(model: GPTConfig, *, tokens: int) -> int:
+    """Slots per expert DeepSpeed's gate allots a micro-batch of ``tokens`` (``sharded_moe._capacity``):
+    ceil(tokens / experts × capacity_factor × k) for top-k ≤ 2, at least ``MOE_MIN_CAPACITY``.
+
+    >>> from orchestrator.config.model import get_model
+    >>> moe_capacity(get_model("tiny-moe"), tokens=64)    # ceil(64 / 4 × 1.25 × 2)
+    40
+    """
+    return max(math.ceil(tokens / model.n_experts * model.capacity_factor * min(model.top_k, 2)), MOE_MIN_CAPACITY)
+
+
+MOE_MIN_CAPACITY = 4
+"""``min_capacity`` of the gate ``model.moe.build_moe_ffn`` builds."""
+
+
+def _check_moe_capacity(layout: Layout, job: Job) -> Iterator[Issue]:
+    """Under tp > 1 DeepSpeed splits each expert's capacity slots over the tp ranks (its
+    ``drop_tokens`` asserts they divide): the capacity of a micro-batch must be a multiple of tp."""
+    model = job.model
+    if not model.is_moe or layout.tp == 1:
+        return
+    capacity = moe_capacity(model, tokens=layout.micro_batch * job.seq)
+    if capacity % layout.tp:
+        yield error("moe_capacity_tp", f"expert capacity {capacity} slots (micro_batch {layout.micro_batch} × seq "
+                                       f"{job.seq} tokens / {model.n_experts} experts × capacity_factor "
+                                       f"{model.capacity_factor:g} × top-{model.top_k}) is not divisible by tp "
+                                       f"{layout.tp}: DeepSpeed splits it over the tp ranks; change the micro-batch, "
+                                       f"the sequence or model.capacity_factor")
 
 
 def _check_sequence(layout: Layout, job: Job) -> Iterator[Issue]:

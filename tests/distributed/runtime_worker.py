@@ -47,12 +47,19 @@ CASES: dict[str, tuple[str, dict, int]] = {
     "tp2_pp2_dp2": ("tiny", dict(tp=2, pp=2, zero_stage=1, grad_accum=4), 8),
     "dp2_recompute_full": ("tiny-local", dict(zero_stage=1, grad_accum=2, recompute="full"), 2),
     "pp2_recompute_full": ("tiny-local", dict(pp=2, grad_accum=4, recompute="full"), 2),
+    # MoE on every dimension (test_moe_layouts.py): experts in both layers, capacity = all tokens
+    "moe_tp2_ep2": ("tiny-moe-nodrop", dict(tp=2, ep=2, grad_accum=2), 4),
+    "moe_pp2_ep2": ("tiny-moe-nodrop", dict(pp=2, ep=2, grad_accum=4), 4),
+    "moe_pp2_ep2_dp4": ("tiny-moe-nodrop", dict(pp=2, ep=2, zero_stage=1, grad_accum=4), 8),
+    "moe_tp2_pp2_ep2": ("tiny-moe-nodrop", dict(tp=2, pp=2, ep=2, grad_accum=4), 8),
 }
 
 
 def model_config(preset: str):
     if preset == "tiny-v2047":
         return dataclasses.replace(get_model("tiny"), name=preset, vocab=2047)
+    if preset == "tiny-moe-nodrop":   # 64 tokens per micro-batch, capacity ceil(64 / 4 × 2 × 2) = 64: none dropped
+        return dataclasses.replace(get_model("tiny-moe"), name=preset, moe_every=1, capacity_factor=2.0)
     return get_model(preset)
 
 
@@ -102,7 +109,8 @@ def run_case(name: str, *, reference: bool, out_dir: Path) -> dict:
     return history
 
 
-HANDOFF_CASES = ("tp2", "tp2_padded_vocab", "pp2", "tp2_pp2_dp2")
+HANDOFF_CASES = ("tp2", "tp2_padded_vocab", "pp2", "tp2_pp2_dp2", "moe_tp2_ep2", "moe_pp2_ep2", "moe_pp2_ep2_dp4",
+                 "moe_tp2_pp2_ep2")
 
 
 def handoff(name: str, runtime, *, preset: str, layout: Layout, reference: bool, out_dir: Path) -> dict:
@@ -174,10 +182,14 @@ def main() -> None:
 
 def _forget_deepspeed_mpu() -> None:
     """Test harness only: several layouts run one after another in one process, and DeepSpeed keeps
-    the last engine's mpu in a module global (a real job builds one layout per process)."""
+    the last engine's mpu, and the expert groups by name (``ep_size_2``), in module globals (a real
+    job builds one layout per process)."""
     from deepspeed.utils import groups
 
     groups.mpu = None
+    for table in (groups._EXPERT_PARALLEL_GROUP, groups._EXPERT_PARALLEL_GROUP_RANKS,
+                  groups._EXPERT_DATA_PARALLEL_GROUP, groups._EXPERT_DATA_PARALLEL_GROUP_RANKS):
+        table.clear()
 
 
 if __name__ == "__main__":

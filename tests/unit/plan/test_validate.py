@@ -110,13 +110,31 @@ def test_deepspeed_moe_accepts_zero_2_with_expert_parallelism():
     assert evaluate(layout, the_job).ok
 
 
+def test_moe_runs_on_every_dimension_deepspeed_allows_and_the_rest_is_refused_with_the_fix():
+    moe = get_model("gpt4-moe")
+    seed = Layout(tp=8, pp=16, dp=196, ep=4, zero_stage=1, uneven_pipeline=True)
+    assert not runtime_refusals(check_runtime(seed, moe))              # TP 8 × PP 16 × EP 4 × ZeRO-1
+    assert not runtime_refusals(check_runtime(Layout(tp=8, pp=1, dp=128, ep=16, zero_stage=2), moe))
+    refused = {i.code: i.message for i in runtime_refusals(check_runtime(dataclasses.replace(seed, zero_stage=2), moe))}
+    assert "use zero 0 or 1, or pp 1" in refused["zero_pp"]
+    refused = {i.code: i.message for i in runtime_refusals(check_runtime(Layout(dp=128, ep=16, zero_stage=3), moe))}
+    assert "use zero 2" in refused["zero_moe"]
+
+
+def test_moe_capacity_must_split_over_tp():
+    the_job = job(model="tiny-moe", gpus=2, batch=2, seq=30)   # 30 tokens: ceil(30 / 4 × 1.25 × 2) = 19 slots
+    issues = check_layout(fill_grad_accum(Layout(tp=2, dp=1, micro_batch=1), the_job), the_job)
+    assert [i.code for i in issues if i.severity == "error"] == ["moe_capacity_tp"]
+    assert "capacity 19 slots" in next(i.message for i in issues if i.code == "moe_capacity_tp")
+    the_job = job(model="tiny-moe", gpus=2, batch=2, seq=32)   # 20 slots
+    assert not [i for i in check_layout(fill_grad_accum(Layout(tp=2, dp=1, micro_batch=1), the_job), the_job)
+                if i.severity == "error"]
+
+
 # (case, model, layout, head, code, fragment): what this runtime cannot run although the planner prices it
 PLAN_ONLY = [
     ("sequence parallel", "gpt3-175b", dict(sequence_parallel=True), "lm", "runtime_sp", "set sequence_parallel false"),
     ("interleave", "gpt3-175b", dict(interleave=2, grad_accum=192), "lm", "runtime_interleave", "set interleave 1"),
-    ("moe with tp", "gpt4-moe", dict(tp=8, pp=1, dp=128, ep=16, zero_stage=1), "lm", "runtime_moe",
-     "runs MoE with tp 1 and pp 1 (got tp 8, pp 1)"),
-    ("moe with pp", "gpt4-moe", dict(tp=1, pp=8, dp=128, ep=16), "lm", "runtime_moe", "(got tp 1, pp 8)"),
     ("reward model with pp", "gpt3-175b", dict(), "scalar", "runtime_head_pp", "head 'scalar' with pp 16"),
 ]
 
