@@ -84,16 +84,55 @@ def step_batches(step: int, *, vocab: int, count: int) -> list[dict[str, torch.T
 def train(preset: str, layout: Layout, *, init_state=None) -> tuple[object, dict]:
     config = model_config(preset)
     runtime = build_runtime(config, layout, OPTIM, total_steps=STEPS, seed=SEED, init_state=init_state)
+    return runtime, train_steps(runtime, preset, layout, range(STEPS))
+
+
+def train_steps(runtime, preset: str, layout: Layout, steps: range) -> dict:
+    config = model_config(preset)
     global_count = layout.dp * layout.grad_accum
     first = runtime.state.dp_rank * layout.grad_accum
     history: dict = {"losses": [], "grad_norms": [], "skipped": []}
-    for step in range(STEPS):
+    for step in steps:
         batches = step_batches(step, vocab=config.vocab, count=global_count)[first:first + layout.grad_accum]
         result = runtime.train_step(batches)
         history["losses"].append(result.loss)
         history["grad_norms"].append(result.grad_norm)
         history["skipped"].append(result.skipped)
-    return runtime, history
+    return history
+
+
+def moe_checkpoint_case(out_dir: Path) -> dict:
+    """MoE under PP2 × EP2 (4 ranks): 2 steps, a DeepSpeed checkpoint (per-expert files), a fresh
+    engine resumed from it for steps 3-4 — the uninterrupted run's losses; then the step-2 weights
+    resharded into TP2 × EP1 (another EP: a resume that changes the layout) give the same logits."""
+    preset = "tiny-moe-nodrop"
+    layout = Layout(micro_batch=MICRO_BATCH, pp=2, ep=2, grad_accum=4).resolve(dist.get_world_size())
+    config = model_config(preset)
+    first = build_runtime(config, layout, OPTIM, total_steps=STEPS, seed=SEED)
+    before = train_steps(first, preset, layout, range(2))
+    first.save(out_dir / "moe_checkpoint", tag="step2", client_state={"step": 2})
+    weights = first.consolidated_state_dict()
+    logits = first.logits(probe_ids(config.vocab))
+    files = sorted(path.name for path in (out_dir / "moe_checkpoint" / "step2").iterdir())
+    resumed = build_runtime(config, layout, OPTIM, total_steps=STEPS, seed=SEED + 1)
+    client = resumed.load(out_dir / "moe_checkpoint", tag="step2")
+    after = train_steps(resumed, preset, layout, range(2, STEPS))
+    _forget_deepspeed_mpu()
+    other = Layout(micro_batch=MICRO_BATCH, tp=2, ep=1, grad_accum=4).resolve(dist.get_world_size())
+    weights = _broadcast_object(weights)
+    moved = build_runtime(config, other, OPTIM, total_steps=STEPS, seed=SEED + 2, init_state=weights)
+    moved_logits = moved.logits(probe_ids(config.vocab))      # every rank (pp 1)
+    diff = (moved_logits - logits).abs().max() if logits is not None else torch.tensor(-1.0)  # last stage only
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return {"losses": before["losses"] + after["losses"], "skipped": before["skipped"] + after["skipped"],
+            "grad_norms": before["grad_norms"] + after["grad_norms"], "client_state": client, "files": files,
+            "moved_logit_diff": float(diff)}
+
+
+def _broadcast_object(value):
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def probe_ids(vocab: int) -> torch.Tensor:
@@ -172,8 +211,12 @@ def main() -> None:
     out = Path(args.out)
     results = {}
     for name in args.cases.split(","):
-        results[name] = nan_skip_case() if name == "nan_skip" else \
-            run_case(name, reference=args.reference, out_dir=out.parent)
+        if name == "nan_skip":
+            results[name] = nan_skip_case()
+        elif name == "moe_checkpoint":
+            results[name] = moe_checkpoint_case(out.parent)
+        else:
+            results[name] = run_case(name, reference=args.reference, out_dir=out.parent)
         _forget_deepspeed_mpu()
     if dist.get_rank() == 0:
         out.write_text(json.dumps({"world": dist.get_world_size(), "results": results}))
