@@ -50,6 +50,7 @@ CASES: dict[str, tuple[str, dict, int]] = {
     # MoE on every dimension (test_moe_layouts.py): experts in both layers, capacity = all tokens
     "moe_tp2_ep2": ("tiny-moe-nodrop", dict(tp=2, ep=2, grad_accum=2), 4),
     "moe_pp2_ep2": ("tiny-moe-nodrop", dict(pp=2, ep=2, grad_accum=4), 4),
+    "moe_tp2_ep2_zero2": ("tiny-moe-nodrop", dict(tp=2, ep=2, zero_stage=2, grad_accum=2), 4),
     "moe_pp2_ep2_dp4": ("tiny-moe-nodrop", dict(pp=2, ep=2, zero_stage=1, grad_accum=4), 8),
     "moe_tp2_pp2_ep2": ("tiny-moe-nodrop", dict(tp=2, pp=2, ep=2, grad_accum=4), 8),
 }
