@@ -88,9 +88,10 @@ def layout_worker(fields: dict) -> dict:
     import torch.distributed as dist
 
     from orchestrator.config.run import OptimConfig
-    from orchestrator.engine.build import build_runtime
+    from orchestrator.engine.build import build_runtime, init_distributed
     from orchestrator.plan.layout import Layout
 
+    init_distributed(timeout_minutes=10)
     config = model_config()
     probe = Layout(micro_batch=MICRO_BATCH, **fields).resolve(dist.get_world_size())
     layout = Layout(micro_batch=MICRO_BATCH, grad_accum=GLOBAL_BATCH // (MICRO_BATCH * probe.dp),

@@ -2,7 +2,7 @@
 
     orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5 [--explain] [--json]
     orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --tp 8 --pp 16 --zero 1 \\
-        --micro-batch 1 --recompute full          # every degree fixed: one layout, all its errors
+        --micro-batch 1 --recompute full          # a fixed layout: every reason and its numbers, refused or not
 
 Pure Python: nothing here imports torch. ``orchestrate config`` takes the same arguments.
 """
