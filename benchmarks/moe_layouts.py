@@ -134,24 +134,27 @@ def report(results: dict, *, command: str) -> str:
     for name, r in results.items():
         by_stage: dict[str, dict] = {}
         for rank in r["ranks"]:
-            total = sum(rank["measured"].values())
-            if rank["stage"] not in by_stage or total > sum(by_stage[rank["stage"]]["measured"].values()):
+            if rank["stage"] not in by_stage or rank["measured"]["params"] > by_stage[rank["stage"]]["measured"]["params"]:
                 by_stage[rank["stage"]] = rank
         for stage, rank in sorted(by_stage.items()):
             measured, predicted = rank["measured"], rank["predicted"]
-            cells = [f"{measured[k] / MiB:.2f} / {predicted[k] / MiB:.2f}" for k in ("params", "grads", "optimizer")]
-            total_m, total_p = sum(measured.values()), sum(predicted.values())
-            memory_rows.append([name, stage, *cells, f"{total_m / MiB:.2f} / {total_p / MiB:.2f}",
-                                f"{total_m / total_p:.3f}"])
+            held_m, held_p = measured["params"] + measured["optimizer"], predicted["params"] + predicted["optimizer"]
+            memory_rows.append([name, stage, f"{measured['params'] / MiB:.3f} / {predicted['params'] / MiB:.3f}",
+                                f"{measured['optimizer'] / MiB:.3f} / {predicted['optimizer'] / MiB:.3f}",
+                                f"{held_m / held_p:.3f}", f"{predicted['grads'] / MiB:.3f}"])
+    one, five, fifteen = info.load_average
     return "\n".join([
         HEADING, "",
-        f"`{command}` on {info.cpu_model} ({info.cores} cores, load average {info.load_average}), {today()}: "
-        f"the tiny MoE of `recipes/tiny-moe-3d.yaml`, {GLOBAL_BATCH} sequences of {SEQ} per step, fp32, "
-        f"8 gloo ranks time-sharing the cores (report, not tuned); median of steps 2-{STEPS}.", "",
+        f"`{command}` on {info.cpu_model} ({info.cores} cores, load average {one:.0f} / {five:.0f} / {fifteen:.0f}), "
+        f"{today()}: the tiny MoE of `recipes/tiny-moe-3d.yaml`, {GLOBAL_BATCH} sequences of {SEQ} per step, fp32, "
+        f"ZeRO-1, 8 gloo ranks time-sharing the cores (report, not tuned); median of steps 2-{STEPS}.", "",
         markdown_table(["layout", "degrees", "step s", "tokens/s"], step_rows), "",
-        "Model states per rank, measured / planner-predicted MiB (the largest rank of each stage):", "",
-        markdown_table(["layout", "stage", "params", "grads", "optimizer", "total", "measured / predicted"],
-                       memory_rows), ""])
+        "Model states per rank after a step, measured / planner-predicted MiB (the rank with the most parameters "
+        "of each stage; the planner's `rank_model_states` of `stage_params` for that stage). The gradients are held "
+        "only from the backward pass to the step (ZeRO-1 frees them after it), so the planner's peak figure is "
+        "shown beside, not measured here:", "",
+        markdown_table(["layout", "stage", "params", "optimizer (fp32 master + Adam)",
+                        "measured / predicted", "grads at peak, predicted"], memory_rows), ""])
 
 
 def main() -> None:
