@@ -73,7 +73,16 @@ def test_moe_with_tp_or_pp_and_ep_gives_the_single_process_run_and_moves_its_wei
     layout = four_ranks[case]["layout"]
     assert layout["ep"] == 2 and layout["dp"] == 2 and (layout["tp"], layout["pp"]) in ((2, 1), (1, 2))
     assert layout["zero_stage"] == (2 if case.endswith("zero2") else 0)
-    assert_same_run(four_ranks[case], reference[case])
+    if case.endswith("zero2"):
+        # ZeRO-2 computes the clipping norm itself over its fp32 gradient partitions (expert and
+        # dense groups apart): measured 0.4-1.2e-5 relative off the single-process norms of
+        # 1.2-1.6 over the 4 steps (3.4e-6 at step 1, before any update differs), while the
+        # losses agree within 5e-7; the norms are compared to 2e-5 relative
+        assert four_ranks[case]["losses"] == pytest.approx(reference[case]["losses"], abs=TOL, rel=0)
+        assert four_ranks[case]["grad_norms"] == pytest.approx(reference[case]["grad_norms"], rel=2 * TOL, abs=0)
+        assert four_ranks[case]["skipped"] == [False] * len(reference[case]["losses"])
+    else:
+        assert_same_run(four_ranks[case], reference[case])
     _logits_match(job_dir, case)
 
 
