@@ -13,11 +13,17 @@ with tensor parallelism and DeepSpeed's highest stage it allows for experts) sha
 from __future__ import annotations
 
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from test_runtime_equivalence import TOL, assert_same_run, run_worker
+HERE = str(Path(__file__).parent)
+if HERE not in sys.path:   # the sibling worker and the equivalence test's helpers
+    sys.path.insert(0, HERE)
+
+from test_runtime_equivalence import TOL, assert_same_run, run_worker  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
