@@ -150,7 +150,7 @@ def run_case(name: str, *, reference: bool, out_dir: Path) -> dict:
 
 
 HANDOFF_CASES = ("tp2", "tp2_padded_vocab", "pp2", "tp2_pp2_dp2", "moe_tp2_ep2", "moe_pp2_ep2", "moe_pp2_ep2_dp4",
-                 "moe_tp2_pp2_ep2")
+                 "moe_tp2_pp2_ep2", "moe_tp2_ep2_zero2")
 
 
 def handoff(name: str, runtime, *, preset: str, layout: Layout, reference: bool, out_dir: Path) -> dict:
