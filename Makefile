@@ -40,7 +40,7 @@ smoke-3d: install
 	$(BIN)/orchestrate status runs/smoke-3d
 
 smoke-moe: install
-	$(BIN)/orchestrate run recipes/tiny-moe.yaml --run-dir runs/smoke-moe
+	$(BIN)/orchestrate run recipes/tiny-moe-3d.yaml --run-dir runs/smoke-moe
 	$(BIN)/orchestrate status runs/smoke-moe
 
 plan-gpt3: install

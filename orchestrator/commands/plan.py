@@ -2,7 +2,7 @@
 
     orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5 [--explain] [--json]
     orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --tp 8 --pp 16 --zero 1 \\
-        --micro-batch 1 --recompute full          # every degree fixed: one layout, all its errors
+        --micro-batch 1 --recompute full          # a fixed layout: every reason and its numbers, refused or not
 
 Pure Python: nothing here imports torch. ``orchestrate config`` takes the same arguments.
 """
@@ -20,6 +20,7 @@ from orchestrator.config.run import resolve_model
 from orchestrator.plan.artifact import Plan, make_plan
 from orchestrator.plan.evaluate import Evaluation
 from orchestrator.plan.job import BatchTarget, Job
+from orchestrator.plan.report import describe_report, layout_report
 from orchestrator.plan.search import Fixed, SearchResult, describe_layout, search
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -96,14 +97,15 @@ def build_job(args: argparse.Namespace) -> Job:
                           f"or --global-batch-tokens T")
     precision = args.precision or ("fp32" if cluster.device.kind == "cpu" else "bf16")
     return Job(model=model, cluster=cluster, seq=seq, batch=batch, precision=precision, accounting=args.accounting,
-               uneven_pipeline=args.uneven_pipeline, ppo=args.ppo, offload_frozen=args.offload_frozen,
+               ppo=args.ppo, offload_frozen=args.offload_frozen,
                train_tokens=args.train_tokens)
 
 
 def build_fixed(args: argparse.Namespace) -> Fixed:
     return Fixed(tp=args.tp, pp=args.pp, dp=args.dp, ep=args.ep, zero_stage=args.zero, micro_batch=args.micro_batch,
                  recompute=args.recompute, interleave=args.interleave, offload_optimizer=args.offload,
-                 sequence_parallel=args.sequence_parallel, max_interleave=args.max_interleave)
+                 sequence_parallel=args.sequence_parallel, max_interleave=args.max_interleave,
+                 uneven_pipeline=args.uneven_pipeline)
 
 
 def plan_search(args: argparse.Namespace) -> tuple[Job, SearchResult, float]:
@@ -117,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ValueError(f"--top {args.top}: must be >= 1")
     job, result, seconds = plan_search(args)
-    if result.single:
-        return report_single(result.rejected[0] if result.rejected else result.ranked[0], job, as_json=args.json)
+    if result.fixed_layout:
+        return report_fixed(result.ranked + result.rejected, job, as_json=args.json)
     plans = [make_plan(evaluation, job) for evaluation in result.ranked[:args.top]]
     if args.json:
         print(json.dumps([plan.row() for plan in plans], indent=2))
@@ -189,24 +191,18 @@ def explain(result: SearchResult, examples: int = 2) -> str:
     return "\n".join(lines)
 
 
-def report_single(evaluation: Evaluation, job: Job, *, as_json: bool) -> int:
-    """The one layout the fixed degrees leave: its prediction, or every error (exit 2)."""
-    if evaluation.errors:
-        if as_json:
-            print(json.dumps({"layout": describe_layout(evaluation.layout),
-                              "errors": [issue.message for issue in evaluation.errors]}, indent=2))
-        for issue in evaluation.errors:
-            print(f"error: {issue.message}", file=sys.stderr)
-        for issue in evaluation.issues:
-            if issue.severity != "error":
-                print(str(issue), file=sys.stderr)
-        return 2
-    plan = make_plan(evaluation, job)
+def report_fixed(evaluations: list[Evaluation], job: Job, *, as_json: bool) -> int:
+    """The layout the fixed degrees leave (with its recompute / interleave variants): each one's
+    every reason and its numbers, refused or not. Exit 0 if one of them can run, else 2 (the text
+    then goes to stderr, as every refusal does)."""
+    reports = [layout_report(evaluation, job) for evaluation in evaluations]
+    code = 0 if any(not evaluation.errors for evaluation in evaluations) else 2
     if as_json:
-        print(json.dumps([plan.row()], indent=2))
-        return 0
-    print(describe_plan(plan))
-    return 0
+        print(json.dumps([report.to_dict() for report in reports], indent=2))
+        return code
+    text = "\n\n".join(describe_report(report, job) for report in reports)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
 
 
 def describe_plan(plan: Plan) -> str:

@@ -273,12 +273,18 @@ def tiny_moe() -> GPTConfig:
 
 # --- GPT-4-scale MoE, as publicly rumoured -------------------------------------------------
 def gpt4_moe() -> GPTConfig:
-    """120 layers, d_model 10752 (84 × 128), 16 experts in every FFN, top-2 routing, ctx 8192.
+    """120 layers, d_model 10752 (96 heads × 112), 16 experts in every FFN, top-2 routing, ctx 8192.
 
     About 55B shared (attention) parameters, about 111B per expert, about 1.8T in all and about
     280B active per token. The vocabulary is cl100k's 100,277 tokens.
+
+    Why 96 heads of 112 and not the 84 of 128 usually quoted: the rumoured layout trains it with
+    TP 8, and Megatron's column-parallel QKV splits whole heads, so the heads must be a multiple
+    of tp (84 % 8 = 4 makes the published TP 8 × PP 16 × DP 196 layout impossible). 96 × 112 keeps
+    d_model 10752 and the attention's 4·h² ≈ 55B parameters unchanged, and 96 % 8 = 0. The 120
+    layers over PP 16 need uneven stages (eight of 8 layers, eight of 7): ``--uneven-pipeline``.
     """
-    return GPTConfig(name="gpt4-moe", n_layers=120, d_model=10752, n_heads=84, d_head=128, ctx=8192,
+    return GPTConfig(name="gpt4-moe", n_layers=120, d_model=10752, n_heads=96, d_head=112, ctx=8192,
                      vocab=100277, dropout=0.0, n_experts=16, top_k=2, moe_every=1, paper_params=1.8e12)
 
 

@@ -113,7 +113,7 @@ def _build_module(config: GPTConfig, *, state: ParallelState, head: str, loss_fn
         from orchestrator.model.pipeline import build_pipeline
 
         return build_pipeline(config, topology=state.grid.topology(), tp_group=tp_group, loss_fn=loss_fn,
-                              recompute=layout.recompute)
+                              recompute=layout.recompute, ep_size=layout.ep)
     with torch.device("meta"):          # nothing is allocated until the layout is final
         model = GPT(config, head=head, ep_size=layout.ep)
     if tp_group is not None:

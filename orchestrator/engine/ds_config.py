@@ -82,6 +82,17 @@ def monitor_section(*, tensorboard_dir: Optional[str], wandb_project: Optional[s
     return section
 
 
+def pipeline_section(layout: Layout, *, model: GPTConfig) -> dict:
+    """The pipeline engine's options. An MoE model under tp > 1 turns DeepSpeed's tp-partitioned
+    stage messages off: that path sends only a stage's first output split over tp and asserts the
+    others need no gradient, and the MoE aux loss carried beside the hidden state does
+    (``model.pipeline``). The planner prices whole messages anyway (``Job.scatter_gather_p2p``)."""
+    section: dict = {"activation_checkpoint_interval": 1 if layout.recompute == "full" else 0}
+    if model.is_moe and layout.tp > 1:
+        section.update(pipe_partitioned=False, grad_partitioned=False)
+    return section
+
+
 def optimizer_clips(layout: Layout, precision: str) -> bool:
     """Whether our AdamW clips by the global gradient norm itself (and DeepSpeed's
     ``gradient_clipping`` is 0): only with ZeRO 0 in fp32, where DeepSpeed hands the optimizer the
@@ -121,7 +132,7 @@ def build_ds_config(layout: Layout, *, model: GPTConfig, precision: Precision = 
                           csv_dir=csv_dir),
     }
     if layout.pp > 1:
-        config["pipeline"] = {"activation_checkpoint_interval": 1 if layout.recompute == "full" else 0}
+        config["pipeline"] = pipeline_section(layout, model=model)
     if layout.recompute != "none":
         config["activation_checkpointing"] = {
             # with sequence parallelism the checkpointed inputs are already split over tp

@@ -120,11 +120,15 @@ class Runtime:
         token_loss = lm_loss(output.logits, labels, vocab_parallel=self.layout.tp > 1)
         return token_loss + output.aux_loss, {"lm_loss": token_loss.detach(), "aux_loss": output.aux_loss.detach()}
 
-    def pipeline_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """The last pipeline stage's loss (DeepSpeed calls it with the stage output and labels)."""
+    def pipeline_loss(self, outputs: Tensor | tuple[Tensor, Tensor], labels: Tensor) -> Tensor:
+        """The last pipeline stage's loss (DeepSpeed calls it with the stage output and labels):
+        LM loss, plus in training the MoE aux loss the stages carried (``model.pipeline``)."""
+        logits, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
         if self.layout.tp > 1 and not torch.is_grad_enabled():
             logits = logits.clone()     # eval: keep the logits intact (Megatron's cross-entropy overwrites them)
         loss = lm_loss(logits, labels, vocab_parallel=self.layout.tp > 1)
+        if aux is not None and torch.is_grad_enabled():
+            loss = loss + aux.sum()
         self.guard.observe(loss)
         return loss
 
@@ -159,6 +163,7 @@ class Runtime:
             return logits.float().cpu()
         batch = [{"input_ids": input_ids}]
         _, local = self.engine.eval_batch(self._pipeline_data(batch), return_logits=True, num_micro_batches=1)
+        local = local[0] if isinstance(local, tuple) else local      # an MoE pipeline's (logits, aux)
         self.engine.train()
         if not self.state.is_last_stage:
             return None

@@ -94,7 +94,7 @@ class Block(nn.Module):
         self.is_moe = config.is_moe_layer(layer_index)
         if self.is_moe:
             from orchestrator.model.moe import build_moe_ffn
-            self.mlp = build_moe_ffn(config, MLP(config), ep_size=ep_size)
+            self.mlp = build_moe_ffn(config, ep_size=ep_size)
         else:
             self.mlp = MLP(config)
         self.aux_loss_coef = config.aux_loss_coef

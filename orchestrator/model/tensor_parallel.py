@@ -135,7 +135,7 @@ def apply_tp(module: nn.Module, *, tp_group, dtype: torch.dtype = torch.float32)
     """Swap ``module``'s dense layers for tensor-parallel ones over ``tp_group``, in place.
 
     Works on a whole GPT or on one pipeline stage's pieces. The new layers are uninitialised.
-    Experts are left alone (MoE layers are not tensor-parallel here).
+    Experts are split like the dense MLP (``model.moe``: DeepSpeed's expert tensor parallelism).
     """
     tp = dist.get_world_size(tp_group)
     if tp == 1:
@@ -145,17 +145,33 @@ def apply_tp(module: nn.Module, *, tp_group, dtype: torch.dtype = torch.float32)
         if isinstance(parent, CausalSelfAttention):
             parent.c_attn = _column(parent.c_attn, config=config, tp_group=tp_group, stride=3)
             parent.c_proj = _row(parent.c_proj, config=config, tp_group=tp_group)
-        elif isinstance(parent, MLP) and not _is_expert(parent):
+        elif isinstance(parent, MLP):
+            expert_group = _expert_group_name(parent)
             parent.c_fc = _column(parent.c_fc, config=config, tp_group=tp_group, stride=1)
             parent.c_proj = _row(parent.c_proj, config=config, tp_group=tp_group)
+            if expert_group is not None:
+                _mark_expert(parent, expert_group)
         for name, child in list(parent.named_children()):
             if isinstance(child, TokenEmbedding):
                 setattr(parent, name, _vocab_parallel_embedding(child, config=config, tp_group=tp_group))
     return module
 
 
-def _is_expert(mlp: MLP) -> bool:
-    return any(getattr(p, "allreduce", True) is False for p in mlp.parameters())
+def _expert_group_name(mlp: MLP):
+    """The DeepSpeed expert group of an expert MLP (its parameters carry ``allreduce=False``), else None."""
+    for param in mlp.parameters():
+        if getattr(param, "allreduce", True) is False:
+            return param.group_name
+    return None
+
+
+def _mark_expert(mlp: MLP, group_name: str) -> None:
+    """An expert's new tensor-parallel parameters keep DeepSpeed's expert marks (``Experts`` set
+    them on the dense copies): reduced over the expert-data-parallel group, not over dp. Megatron's
+    layers mark their parameters ``allreduce=True``, which would make DeepSpeed treat them as dense."""
+    for param in mlp.parameters():
+        param.allreduce = False
+        param.group_name = group_name
 
 
 def vocab_parallel_lm_loss(local_logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -73,7 +73,8 @@ class Plan:
             "offload_optimizer": layout.offload_optimizer, "micro_batch": layout.micro_batch,
             "grad_accum": layout.grad_accum, "micro_batches": layout.grad_accum, "global_batch": layout.global_batch,
             "recompute": layout.recompute, "interleave": layout.interleave,
-            "sequence_parallel": layout.sequence_parallel, "bubble_fraction": prediction.bubble_fraction,
+            "sequence_parallel": layout.sequence_parallel, "uneven_pipeline": layout.uneven_pipeline,
+            "layers_per_stage": list(self.layers_per_stage), "bubble_fraction": prediction.bubble_fraction,
             "memory_gib": prediction.memory_gib, "memory_breakdown_gib": prediction.memory_breakdown_gib,
             "cpu_memory_gib_per_node": prediction.cpu_memory_gib_per_node, "step_time_s": prediction.step_time_s,
             "tokens_per_s": prediction.tokens_per_s, "mfu": prediction.mfu,
@@ -100,29 +101,34 @@ def _round(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def make_plan(evaluation: Evaluation, job: Job) -> Plan:
-    """The plan of an evaluated layout that fits (``evaluation.time`` and ``memory`` set)."""
-    if evaluation.time is None or evaluation.memory is None:
-        raise ValueError("a plan needs a layout that validated; this one has errors: "
-                         + "; ".join(issue.message for issue in evaluation.errors))
+def predict(evaluation: Evaluation, job: Job) -> Prediction:
+    """The numbers of an evaluation that has its memory and time (``evaluation.time`` set)."""
+    assert evaluation.time is not None and evaluation.memory is not None
     step, memory = evaluation.time, evaluation.memory
     parts = {"compute": step.compute_s, "memory": step.memory_s, "tp": step.tp_comm_s, "ep": step.ep_comm_s,
              "pp": step.pp_comm_s}
     time_breakdown = {name + "_per_micro_batch": _round(value) for name, value in parts.items()}
     time_breakdown.update(pipeline=_round(step.pipeline_s), dp_exposed=_round(step.dp_exposed_s),
                           dp_total=_round(step.dp_comm_s), optimizer=_round(step.optimizer_s))
-    prediction = Prediction(
+    return Prediction(
         memory_gib=_round(memory.total / GiB), memory_breakdown_gib=memory.breakdown.gib(),
         memory_stage=memory.stage, cpu_memory_gib_per_node=_round(memory.cpu_bytes_per_node / GiB),
         step_time_s=_round(step.step_s), tokens_per_s=_round(step.tokens_per_s), mfu=_round(step.mfu, 3),
         tflops_per_gpu=_round(step.tflops_per_gpu), bubble_fraction=_round(step.bubble_fraction, 3),
         days_to_train=_round(step.days_to_train(job.train_tokens)), time_breakdown_s=time_breakdown)
+
+
+def make_plan(evaluation: Evaluation, job: Job) -> Plan:
+    """The plan of an evaluated layout that fits (``evaluation.time`` and ``memory`` set)."""
+    if evaluation.time is None or evaluation.memory is None:
+        raise ValueError("a plan needs a layout that validated; this one has errors: "
+                         + "; ".join(issue.message for issue in evaluation.errors))
     layout = evaluation.layout
     return Plan(model=job.model, gpu=job.cluster.device.name, nodes=job.cluster.nodes,
                 gpus_per_node=job.cluster.gpus_per_node, seq=job.seq, precision=job.precision,
                 accounting=job.accounting, layout=layout, padded_vocab=padded_vocab(job.model.vocab, layout.tp),
                 layers_per_stage=list(layers_per_stage(job.model.n_layers, layout.pp)), train_tokens=job.train_tokens,
-                prediction=prediction, warnings=[i.message for i in evaluation.warnings],
+                prediction=predict(evaluation, job), warnings=[i.message for i in evaluation.warnings],
                 notes=[i.message for i in evaluation.issues if i.severity == "note"],
                 plan_only=[i.message for i in evaluation.plan_only], ppo=job.ppo,
                 ppo_models_gib=dict(evaluation.ppo_models_gib))

@@ -61,12 +61,16 @@ class Evaluation:
         return self.errors[0] if self.errors else None
 
 
-def memory_error(estimate: MemoryEstimate, job: Job) -> Issue:
+def memory_error(estimate: MemoryEstimate, job: Job, layout: Optional[Layout] = None) -> Issue:
     """Over device memory: the numbers, the breakdown, and what would shrink the largest part."""
     parts = estimate.breakdown.gib()
     largest = max(("params", "grads", "optimizer", "activations"), key=parts.get)
+    more_ep = (job.model.is_moe and layout is not None and layout.ep < job.model.n_experts)
     fix = ("use recompute full, a smaller micro-batch, or more tp (with sequence parallel)"
-           if largest == "activations" else "use a higher ZeRO stage, optimizer offload, or more tp / pp")
+           if largest == "activations" else
+           f"use more ep (ep {layout.ep} keeps {job.model.n_experts // layout.ep} of {job.model.n_experts} experts "
+           f"per rank), a higher ZeRO stage, optimizer offload, or more tp / pp" if more_ep else
+           "use a higher ZeRO stage, optimizer offload, or more tp / pp")
     where = f" on the {estimate.stage} stage" if estimate.stage != "only" else ""
     listing = ", ".join(f"{name} {value:.1f}" for name, value in parts.items())
     return error("memory", f"memory {estimate.total / GiB:.1f} GiB per GPU{where} > {estimate.limit_bytes / GiB:.1f} "
@@ -81,22 +85,35 @@ def host_memory_error(estimate: MemoryEstimate, job: Job) -> Optional[Issue]:
                                 f"node > {limit / GiB:.0f} GiB usable: use a higher ZeRO stage or more nodes")
 
 
-def evaluate(layout: Layout, job: Job, *, time_when_over_memory: bool = True) -> Evaluation:
-    """Judge ``layout`` (dp resolved) for ``job``; grad_accum is derived from the job's batch."""
+def evaluate(layout: Layout, job: Job, *, time_when_over_memory: bool = True,
+             numbers_when_refused: bool = False) -> Evaluation:
+    """Judge ``layout`` (dp resolved) for ``job``; grad_accum is derived from the job's batch.
+
+    ``numbers_when_refused``: estimate memory and time even when the layout has errors (heads not
+    divisible by tp, a wrong world, ZeRO 2 under a pipeline...), so a user asking about one fixed
+    layout gets its numbers beside every reason; only degrees out of range (below 1) give none.
+    """
     layout = fill_grad_accum(layout, job)
     issues = check_layout(layout, job)
-    if any(issue.severity == "error" for issue in issues):
+    refused = any(issue.severity == "error" for issue in issues)
+    if refused and not (numbers_when_refused and _priceable(issues)):
         return Evaluation(layout, tuple(issues))
     per_model: dict[str, float] = {}
     if job.ppo:
         memory, per_model = ppo_memory(layout, job)
     else:
         memory = estimate_memory(layout, job)
-    problems = [memory_error(memory, job)] if not memory.fits else []
+    problems = [memory_error(memory, job, layout)] if not memory.fits else []
     host = host_memory_error(memory, job)
     problems += [host] if host else []
-    if problems and not time_when_over_memory:
+    if problems and not (time_when_over_memory or numbers_when_refused):
         return Evaluation(layout, tuple(problems + issues), memory, None, per_model)
     step = predict_step(layout, job)
     step = ppo_step(step, layout) if job.ppo else step
     return Evaluation(layout, tuple(problems + issues), memory, step, per_model)
+
+
+def _priceable(issues: list[Issue]) -> bool:
+    """The memory and time models can run: every degree is at least 1 and no stage is empty."""
+    unpriceable = ("range", "pp_empty")
+    return not any(issue.code in unpriceable for issue in issues if issue.severity == "error")

@@ -60,8 +60,6 @@ class Job:
     accounting: Accounting = "deepspeed"
     """Model-state memory: DeepSpeed's runtime accounting (what its estimators count, used for real
     jobs) or the ZeRO paper's 2 + 2 + 12 bytes per parameter (a lower bound, for comparison)."""
-    uneven_pipeline: bool = False
-    """Allow pp not dividing the layers (the first stages take one more layer)."""
     head: str = "lm"
     """The trained model's head: "lm", or "scalar" for a reward model (this runtime runs it with pp 1)."""
     ppo: bool = False

@@ -43,6 +43,9 @@ class Layout:
     """Virtual pipeline stages per rank (interleaved 1F1B); 1: plain 1F1B."""
     sequence_parallel: bool = False
     """Shard LayerNorm/dropout activations over the tp group (Korthikanti et al. 2022)."""
+    uneven_pipeline: bool = False
+    """Allow pp not dividing the layers: the first ``n_layers % pp`` stages take one more layer
+    (``plan.partition.layers_per_stage``; 120 layers over pp 16: eight of 8, eight of 7)."""
 
     @property
     def world(self) -> int:

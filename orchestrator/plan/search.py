@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Iterator, Optional
 
+from orchestrator.config.model import GPTConfig
 from orchestrator.plan.evaluate import Evaluation, evaluate
 from orchestrator.plan.job import Job
 from orchestrator.plan.layout import Layout, Recompute
@@ -44,6 +45,15 @@ class Fixed:
     Off by default: plan only (this project's runtime refuses it, ``plan.validate.check_runtime``)."""
     max_interleave: int = 1
     """Largest interleave the search tries when ``interleave`` is not fixed."""
+    uneven_pipeline: bool = False
+    """Let pp not divide the layers (``Layout.uneven_pipeline``); otherwise such pp are rejected."""
+
+    def fixes_layout(self, model: GPTConfig) -> bool:
+        """Every parallel degree, the ZeRO stage and the micro-batch are given (ep too for an MoE
+        model; dp follows from the world): what is left, recompute and interleave, are a few
+        variants of one layout, each reported in full, refused or not."""
+        given = (self.tp, self.pp, self.zero_stage, self.micro_batch)
+        return all(value is not None for value in given) and (self.ep is not None or not model.is_moe)
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp", "ep", "micro_batch", "interleave", "max_interleave"):
@@ -80,7 +90,7 @@ def candidate_layouts(job: Job, fixed: Fixed) -> Iterator[Layout]:
         for zero, micro_batch, recompute, interleave in product(zeros, micro_batches, recomputes, interleaves):
             yield Layout(tp=tp, pp=pp, dp=dp, ep=ep, zero_stage=zero, offload_optimizer=fixed.offload_optimizer,
                          micro_batch=micro_batch, recompute=recompute, interleave=interleave,
-                         sequence_parallel=sequence_parallel)
+                         sequence_parallel=sequence_parallel, uneven_pipeline=fixed.uneven_pipeline)
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class SearchResult:
     considered: int
     single: bool = False
     """The fixed degrees left exactly one layout."""
+    fixed_layout: bool = False
+    """The user fixed the layout (``Fixed.fixes_layout``): every candidate has its numbers, refused or not."""
     rejection_counts: Counter = field(default_factory=Counter)
 
     @property
@@ -107,14 +119,15 @@ def search(job: Job, fixed: Fixed = Fixed()) -> SearchResult:
     """Evaluate every candidate; keep the fitting ones ranked and the others with their reasons."""
     candidates = list(candidate_layouts(job, fixed))
     single = len(candidates) == 1
+    fixed_layout = single or fixed.fixes_layout(job.model)
     ranked, rejected = [], []
     for layout in candidates:
-        evaluation = evaluate(layout, job, time_when_over_memory=single)
+        evaluation = evaluate(layout, job, time_when_over_memory=fixed_layout, numbers_when_refused=fixed_layout)
         (ranked if evaluation.ok else rejected).append(evaluation)
     ranked.sort(key=rank_key)
     counts = Counter(evaluation.reason.code for evaluation in rejected if evaluation.reason)
     return SearchResult(ranked=ranked, rejected=rejected, considered=len(candidates), single=single,
-                        rejection_counts=counts)
+                        fixed_layout=fixed_layout, rejection_counts=counts)
 
 
 def describe_layout(layout: Layout) -> str:

@@ -5,9 +5,14 @@ Per micro-batch, on the slowest pipeline stage:
              (``GPTConfig.flops_per_token``: 72·l·h²·(1 + s/6h + V/12lh), 96·… with full recompute)
   memory   = memory_traffic_factor · Korthikanti activation bytes · (1 + recomputed share / 3) / HBM
   TP       = 4 all-reduces per layer (2 forward, 2 backward; +2 under full recompute) of s·b·h
-             values, ring cost 2(t−1)/t · bytes / bandwidth (Narayanan et al. 2021, §3.3)
+             values, ring cost 2(t−1)/t · bytes / bandwidth (Narayanan et al. 2021, §3.3). In an
+             MoE layer the experts are split over tp too (DeepSpeed's expert tensor parallelism),
+             so per pass: the attention's all-reduce of s·b·h, the experts' row-parallel
+             all-reduce of the k·c·s·b·h dispatched tokens, and DeepSpeed's two all-gathers of
+             them (``gather_tokens`` before the experts and after the combine)
   EP       = 4 all-to-alls per MoE layer (dispatch and combine, forward and backward; +2 recompute),
-             (e−1)/e · bytes / bandwidth
+             (e−1)/e · bytes / bandwidth, of k·c·s·b·h / t: DeepSpeed drops the tp ranks'
+             duplicate tokens before the all-to-all (``sharded_moe.MOELayer.forward``)
   PP       = activations forward and gradients back, s·b·h per rank per virtual stage
              (s·b·h/t with Megatron's scatter/gather or the sequence-parallel shard)
 Per step:
@@ -140,21 +145,36 @@ def memory_traffic_s(layout: Layout, job: Job, *, layers: int) -> float:
     return job.constants.memory_traffic_factor * traffic / job.cluster.device.hbm_bandwidth
 
 
-def tp_comm_s(layout: Layout, job: Job, *, layers: int) -> float:
+def tp_comm_s(layout: Layout, job: Job, *, layers: int, moe_layers: int = 0) -> float:
     """Megatron's per-layer all-reduces (or the equal-volume reduce-scatter/all-gather pairs of
-    sequence parallelism) for one micro-batch."""
-    count = (4 + 2 * recomputed_forwards(layout.recompute)) * layers
+    sequence parallelism) for one micro-batch; ``moe_layers`` of the ``layers`` carry the expert
+    traffic instead of the dense MLP's (see the module docstring)."""
+    if layout.tp == 1:
+        return 0.0
+    passes = 2 + recomputed_forwards(layout.recompute)  # forward, backward, recomputed forward
     nbytes = job.seq * layout.micro_batch * job.model.d_model * job.param_bytes
-    return count * ring_all_reduce(nbytes, layout.tp, job.cluster.bandwidth(group_span=layout.tp))
+    bandwidth = job.cluster.bandwidth(group_span=layout.tp)
+    all_reduce = ring_all_reduce(nbytes, layout.tp, bandwidth)
+    dense = 2 * all_reduce * (layers - moe_layers)
+    routed = dispatched_tokens_factor(job.model) * nbytes
+    expert = (all_reduce + ring_all_reduce(routed, layout.tp, bandwidth)
+              + 2 * ring_half(routed, layout.tp, bandwidth)) * moe_layers
+    return passes * (dense + expert)
+
+
+def dispatched_tokens_factor(model: GPTConfig) -> float:
+    """Tokens an MoE layer dispatches per input token: top_k copies, padded to the capacity factor."""
+    return min(model.top_k, model.n_experts) * model.capacity_factor
 
 
 def ep_comm_s(layout: Layout, job: Job, *, moe_layers: int) -> float:
-    """DeepSpeed MoE's all-to-alls for one micro-batch: each token's hidden state goes to top_k experts."""
+    """DeepSpeed MoE's all-to-alls for one micro-batch: each token's hidden state goes to top_k
+    experts; each tp rank sends 1/tp of them (DeepSpeed drops the duplicates a tp group holds)."""
     if moe_layers == 0 or layout.ep == 1:
         return 0.0
     model = job.model
-    tokens = job.seq * layout.micro_batch / (layout.tp if layout.sequence_parallel else 1)
-    nbytes = tokens * min(model.top_k, model.n_experts) * model.capacity_factor * model.d_model * job.param_bytes
+    tokens = job.seq * layout.micro_batch / layout.tp
+    nbytes = tokens * dispatched_tokens_factor(model) * model.d_model * job.param_bytes
     per_all_to_all = (layout.ep - 1) / layout.ep * nbytes / job.cluster.bandwidth(group_span=layout.tp * layout.ep)
     return (4 + 2 * recomputed_forwards(layout.recompute)) * moe_layers * per_all_to_all
 
@@ -246,8 +266,10 @@ def micro_batch_parts(layout: Layout, job: Job) -> tuple[float, float, float, fl
     tokens = job.seq * layout.micro_batch
     flops = stage_flops_per_token(model, layout, seq=job.seq) * tokens / layout.tp
     compute = flops / (job.cluster.device.peak_flops * job.constants.gemm_efficiency)
-    return (compute, memory_traffic_s(layout, job, layers=len(layers)), tp_comm_s(layout, job, layers=len(layers)),
-            ep_comm_s(layout, job, moe_layers=moe_layers_in(model, layers)), pp_comm_s(layout, job))
+    moe_layers = moe_layers_in(model, layers)
+    return (compute, memory_traffic_s(layout, job, layers=len(layers)),
+            tp_comm_s(layout, job, layers=len(layers), moe_layers=moe_layers),
+            ep_comm_s(layout, job, moe_layers=moe_layers), pp_comm_s(layout, job))
 
 
 def bubble_fraction(layout: Layout) -> float:

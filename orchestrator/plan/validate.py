@@ -87,16 +87,17 @@ def check_layout(layout: Layout, job: Job) -> list[Issue]:
         return basic
     issues = [*_check_world(layout, job),
               *check_runtime(layout, job.model, head=job.head, ppo=job.ppo, precision=job.precision),
-              *_check_tensor_cluster(layout, job), *_check_pipeline_split(layout, job), *_check_batch(layout, job),
-              *_check_sequence(layout, job)]
+              *_check_tensor_cluster(layout, job), *_check_batch(layout, job),
+              *_check_sequence(layout, job), *_check_moe_capacity(layout, job)]
     return _ordered(issues)
 
 
 def check_runtime(layout: Layout, model: GPTConfig, *, head: str = "lm", ppo: bool = False,
                   precision: str = "fp32") -> list[Issue]:
     """What the model, the (resolved) layout and the precision alone decide: errors, and "plan
-    only" limits of this project's runtime (sequence parallelism, interleaving, MoE with tp or
-    pp > 1, a scalar head under pp > 1). The rank calls it through ``require_runtime``."""
+    only" limits of this project's runtime (sequence parallelism, interleaving, a scalar head under
+    pp > 1). MoE runs with every tp, pp and ep DeepSpeed allows (ZeRO ≤ 1 under a pipeline, ≤ 2
+    with experts). The rank calls it through ``require_runtime``."""
     basic = list(_check_ranges(layout))
     if head not in HEADS:
         basic.append(error("head", f"head {head!r}: choose one of {', '.join(HEADS)}"))
@@ -186,8 +187,9 @@ def _check_tensor_cluster(layout: Layout, job: Job) -> Iterator[Issue]:
 def _check_pipeline(layout: Layout, model: GPTConfig, *, head: str, ppo: bool) -> Iterator[Issue]:
     layers, pp, v = model.n_layers, layout.pp, layout.interleave
     if pp > layers:
-        yield error("pp_layers", f"pp {pp} > {layers} layers: a stage would be empty; use pp ≤ {layers}")
+        yield error("pp_empty", f"pp {pp} > {layers} layers: a stage would be empty; use pp ≤ {layers}")
         return
+    yield from _check_pipeline_split(layout, model)
     if v > 1:
         yield from _check_interleave(layout, model)
     if ppo and pp > 1:
@@ -199,16 +201,16 @@ def _check_pipeline(layout: Layout, model: GPTConfig, *, head: str, ppo: bool) -
                                            f"(tp, dp and ZeRO are fine)")
 
 
-def _check_pipeline_split(layout: Layout, job: Job) -> Iterator[Issue]:
-    layers, pp = job.model.n_layers, layout.pp
+def _check_pipeline_split(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
+    layers, pp = model.n_layers, layout.pp
     if pp > layers or not layers % pp:
         return
-    if job.uneven_pipeline:
+    if layout.uneven_pipeline:
         yield note("pp_uneven", f"{layers} layers over pp {pp}: stages hold {list(layers_per_stage(layers, pp))}")
     else:
-        even = [p for p in divisors(layers) if p <= job.world]
+        even = [p for p in divisors(layers) if p > 1]
         yield error("pp_layers", f"layers {layers} not divisible by pp {pp}: use pp ∈ {_names(even)} "
-                                 f"or allow uneven stages (--uneven-pipeline)")
+                                 f"or allow uneven stages (--uneven-pipeline; layout.uneven_pipeline: true in a recipe)")
 
 
 def _check_interleave(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
@@ -239,9 +241,7 @@ def _check_experts(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
     if dp % ep:
         valid = [e for e in divisors(model.n_experts) if dp % e == 0]
         yield error("ep_dp", f"ep {ep} is carved out of dp {dp} and must divide it: use ep ∈ {_names(valid)}")
-    if layout.tp > 1 or layout.pp > 1:
-        yield plan_only("runtime_moe", f"model {model.name} has experts: this runtime runs MoE with tp 1 and pp 1 "
-                                       f"(got tp {layout.tp}, pp {layout.pp}); scale it with ep and dp")
+
 
 
 def _check_zero(layout: Layout, model: GPTConfig) -> Iterator[Issue]:
@@ -291,6 +291,36 @@ def _batch_fix(target: float, per_step: int) -> str:
         return f"micro_batch × dp = {per_step} exceeds the batch; use a smaller micro-batch"
     lower, upper = int(target // per_step) * per_step, int(-(-target // per_step)) * per_step
     return f"use a global batch of {lower} or {upper}, or another micro-batch"
+
+
+def moe_capacity(model: GPTConfig, *, tokens: int) -> int:
+    """Slots per expert DeepSpeed's gate allots a micro-batch of ``tokens`` (``sharded_moe._capacity``):
+    ceil(tokens / experts × capacity_factor × k) for top-k ≤ 2, at least ``MOE_MIN_CAPACITY``.
+
+    >>> from orchestrator.config.model import get_model
+    >>> moe_capacity(get_model("tiny-moe"), tokens=64)    # ceil(64 / 4 × 1.25 × 2)
+    40
+    """
+    return max(math.ceil(tokens / model.n_experts * model.capacity_factor * min(model.top_k, 2)), MOE_MIN_CAPACITY)
+
+
+MOE_MIN_CAPACITY = 4
+"""``min_capacity`` of the gate ``model.moe.build_moe_ffn`` builds."""
+
+
+def _check_moe_capacity(layout: Layout, job: Job) -> Iterator[Issue]:
+    """Under tp > 1 DeepSpeed splits each expert's capacity slots over the tp ranks (its
+    ``drop_tokens`` asserts they divide): the capacity of a micro-batch must be a multiple of tp."""
+    model = job.model
+    if not model.is_moe or layout.tp == 1:
+        return
+    capacity = moe_capacity(model, tokens=layout.micro_batch * job.seq)
+    if capacity % layout.tp:
+        yield error("moe_capacity_tp", f"expert capacity {capacity} slots (micro_batch {layout.micro_batch} × seq "
+                                       f"{job.seq} tokens / {model.n_experts} experts × capacity_factor "
+                                       f"{model.capacity_factor:g} × top-{model.top_k}) is not divisible by tp "
+                                       f"{layout.tp}: DeepSpeed splits it over the tp ranks; change the micro-batch, "
+                                       f"the sequence or model.capacity_factor")
 
 
 def _check_sequence(layout: Layout, job: Job) -> Iterator[Issue]:

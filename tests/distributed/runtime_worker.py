@@ -47,12 +47,20 @@ CASES: dict[str, tuple[str, dict, int]] = {
     "tp2_pp2_dp2": ("tiny", dict(tp=2, pp=2, zero_stage=1, grad_accum=4), 8),
     "dp2_recompute_full": ("tiny-local", dict(zero_stage=1, grad_accum=2, recompute="full"), 2),
     "pp2_recompute_full": ("tiny-local", dict(pp=2, grad_accum=4, recompute="full"), 2),
+    # MoE on every dimension (test_moe_layouts.py): experts in both layers, capacity = all tokens
+    "moe_tp2_ep2": ("tiny-moe-nodrop", dict(tp=2, ep=2, grad_accum=2), 4),
+    "moe_pp2_ep2": ("tiny-moe-nodrop", dict(pp=2, ep=2, grad_accum=4), 4),
+    "moe_tp2_ep2_zero2": ("tiny-moe-nodrop", dict(tp=2, ep=2, zero_stage=2, grad_accum=2), 4),
+    "moe_pp2_ep2_dp4": ("tiny-moe-nodrop", dict(pp=2, ep=2, zero_stage=1, grad_accum=4), 8),
+    "moe_tp2_pp2_ep2": ("tiny-moe-nodrop", dict(tp=2, pp=2, ep=2, grad_accum=4), 8),
 }
 
 
 def model_config(preset: str):
     if preset == "tiny-v2047":
         return dataclasses.replace(get_model("tiny"), name=preset, vocab=2047)
+    if preset == "tiny-moe-nodrop":   # 64 tokens per micro-batch, capacity ceil(64 / 4 × 2 × 2) = 64: none dropped
+        return dataclasses.replace(get_model("tiny-moe"), name=preset, moe_every=1, capacity_factor=2.0)
     return get_model(preset)
 
 
@@ -77,16 +85,55 @@ def step_batches(step: int, *, vocab: int, count: int) -> list[dict[str, torch.T
 def train(preset: str, layout: Layout, *, init_state=None) -> tuple[object, dict]:
     config = model_config(preset)
     runtime = build_runtime(config, layout, OPTIM, total_steps=STEPS, seed=SEED, init_state=init_state)
+    return runtime, train_steps(runtime, preset, layout, range(STEPS))
+
+
+def train_steps(runtime, preset: str, layout: Layout, steps: range) -> dict:
+    config = model_config(preset)
     global_count = layout.dp * layout.grad_accum
     first = runtime.state.dp_rank * layout.grad_accum
     history: dict = {"losses": [], "grad_norms": [], "skipped": []}
-    for step in range(STEPS):
+    for step in steps:
         batches = step_batches(step, vocab=config.vocab, count=global_count)[first:first + layout.grad_accum]
         result = runtime.train_step(batches)
         history["losses"].append(result.loss)
         history["grad_norms"].append(result.grad_norm)
         history["skipped"].append(result.skipped)
-    return runtime, history
+    return history
+
+
+def moe_checkpoint_case(out_dir: Path) -> dict:
+    """MoE under PP2 × EP2 (4 ranks): 2 steps, a DeepSpeed checkpoint (per-expert files), a fresh
+    engine resumed from it for steps 3-4 — the uninterrupted run's losses; then the step-2 weights
+    resharded into TP2 × EP1 (another EP: a resume that changes the layout) give the same logits."""
+    preset = "tiny-moe-nodrop"
+    layout = Layout(micro_batch=MICRO_BATCH, pp=2, ep=2, grad_accum=4).resolve(dist.get_world_size())
+    config = model_config(preset)
+    first = build_runtime(config, layout, OPTIM, total_steps=STEPS, seed=SEED)
+    before = train_steps(first, preset, layout, range(2))
+    first.save(out_dir / "moe_checkpoint", tag="step2", client_state={"step": 2})
+    weights = first.consolidated_state_dict()
+    logits = first.logits(probe_ids(config.vocab))
+    files = sorted(path.name for path in (out_dir / "moe_checkpoint" / "step2").iterdir())
+    resumed = build_runtime(config, layout, OPTIM, total_steps=STEPS, seed=SEED + 1)
+    client = resumed.load(out_dir / "moe_checkpoint", tag="step2")
+    after = train_steps(resumed, preset, layout, range(2, STEPS))
+    _forget_deepspeed_mpu()
+    other = Layout(micro_batch=MICRO_BATCH, tp=2, ep=1, grad_accum=4).resolve(dist.get_world_size())
+    weights = _broadcast_object(weights)
+    moved = build_runtime(config, other, OPTIM, total_steps=STEPS, seed=SEED + 2, init_state=weights)
+    moved_logits = moved.logits(probe_ids(config.vocab))      # every rank (pp 1)
+    diff = (moved_logits - logits).abs().max() if logits is not None else torch.tensor(-1.0)  # last stage only
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return {"losses": before["losses"] + after["losses"], "skipped": before["skipped"] + after["skipped"],
+            "grad_norms": before["grad_norms"] + after["grad_norms"], "client_state": client, "files": files,
+            "moved_logit_diff": float(diff)}
+
+
+def _broadcast_object(value):
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def probe_ids(vocab: int) -> torch.Tensor:
@@ -102,7 +149,8 @@ def run_case(name: str, *, reference: bool, out_dir: Path) -> dict:
     return history
 
 
-HANDOFF_CASES = ("tp2", "tp2_padded_vocab", "pp2", "tp2_pp2_dp2")
+HANDOFF_CASES = ("tp2", "tp2_padded_vocab", "pp2", "tp2_pp2_dp2", "moe_tp2_ep2", "moe_pp2_ep2", "moe_pp2_ep2_dp4",
+                 "moe_tp2_pp2_ep2", "moe_tp2_ep2_zero2")
 
 
 def handoff(name: str, runtime, *, preset: str, layout: Layout, reference: bool, out_dir: Path) -> dict:
@@ -164,8 +212,12 @@ def main() -> None:
     out = Path(args.out)
     results = {}
     for name in args.cases.split(","):
-        results[name] = nan_skip_case() if name == "nan_skip" else \
-            run_case(name, reference=args.reference, out_dir=out.parent)
+        if name == "nan_skip":
+            results[name] = nan_skip_case()
+        elif name == "moe_checkpoint":
+            results[name] = moe_checkpoint_case(out.parent)
+        else:
+            results[name] = run_case(name, reference=args.reference, out_dir=out.parent)
         _forget_deepspeed_mpu()
     if dist.get_rank() == 0:
         out.write_text(json.dumps({"world": dist.get_world_size(), "results": results}))
@@ -174,10 +226,14 @@ def main() -> None:
 
 def _forget_deepspeed_mpu() -> None:
     """Test harness only: several layouts run one after another in one process, and DeepSpeed keeps
-    the last engine's mpu in a module global (a real job builds one layout per process)."""
+    the last engine's mpu, and the expert groups by name (``ep_size_2``), in module globals (a real
+    job builds one layout per process)."""
     from deepspeed.utils import groups
 
     groups.mpu = None
+    for table in (groups._EXPERT_PARALLEL_GROUP, groups._EXPERT_PARALLEL_GROUP_RANKS,
+                  groups._EXPERT_DATA_PARALLEL_GROUP, groups._EXPERT_DATA_PARALLEL_GROUP_RANKS):
+        table.clear()
 
 
 if __name__ == "__main__":

@@ -72,3 +72,9 @@ def test_unknown_preset_lists_the_catalog():
 def test_impossible_shapes_are_refused(bad):
     with pytest.raises(ValueError):
         GPTConfig(**bad)
+
+
+def test_gpt4_moe_heads_let_the_rumoured_tp_8_split_them():
+    moe = get_model("gpt4-moe")
+    assert (moe.n_heads, moe.d_head, moe.d_attn) == (96, 112, 10752)
+    assert moe.n_heads % 8 == 0 and moe.d_attn == moe.d_model

@@ -225,3 +225,23 @@ def test_zero1_gradients_are_the_larger_of_the_backward_and_the_step_not_their_s
     copy; DeepSpeed frees the former before it builds the latter."""
     states = deepspeed_states(params=1e6, dp=dp, zero_stage=1, offload=False, param_bytes=param_bytes)
     assert states.grads == pytest.approx(grads)
+
+
+def test_expert_weights_grads_and_optimizer_state_are_per_ep_shard_and_zero_shards_them_over_dp_over_ep():
+    from orchestrator.plan.memory import deepspeed_states, rank_model_states
+
+    model = get_model("gpt4-moe")
+    job = Job(model=model, cluster=make_cluster(gpu="a100-80g", gpus=25088), seq=8192,
+              batch=BatchTarget.from_tokens(60e6, seq=8192))
+    one, four = (stage_params(model, tp=8, pp=16, ep=ep, stage="first") for ep in (1, 4))
+    assert four.expert == pytest.approx(one.expert / 4) and four.dense == one.dense
+    # 8 layers × 16 experts / ep 4 × ((2·h·4h + 4h) / tp 8 + the replicated out bias h) on a first-stage rank
+    h = model.d_model
+    assert four.expert == pytest.approx(8 * 4 * ((8 * h * h + 4 * h) / 8 + h))
+    layout = Layout(tp=8, pp=16, dp=196, ep=4, zero_stage=1)
+    states = rank_model_states(four, layout, job)
+    dense = deepspeed_states(params=four.dense, dp=196, zero_stage=1, offload=False)
+    expert = deepspeed_states(params=four.expert, dp=49, zero_stage=1, offload=False)  # expert-data-parallel 196 / 4
+    assert states.optimizer == pytest.approx(dense.optimizer + expert.optimizer)
+    assert states.grads == pytest.approx(dense.grads + expert.grads)
+    assert states.params == pytest.approx(2 * four.total)

@@ -105,3 +105,47 @@ def test_interleaving_sends_more_point_to_point_but_idles_less():
 
 def test_a_faster_gpu_predicts_a_shorter_step():
     assert predict_step(BASE, job(gpu="h100-80g")).step_s < predict_step(BASE, job()).step_s
+
+
+def moe_job(gpus: int = 25088) -> Job:
+    return Job(model=get_model("gpt4-moe"), cluster=make_cluster(gpu="a100-80g", gpus=gpus), seq=8192,
+               batch=BatchTarget.from_tokens(60e6, seq=8192))
+
+
+def test_ep_all_to_alls_are_two_forward_two_backward_per_moe_layer_of_one_tp_ranks_share():
+    from orchestrator.plan.timing import ep_comm_s
+
+    job, model = moe_job(), get_model("gpt4-moe")
+    layout = Layout(tp=8, pp=16, dp=196, ep=4, micro_batch=1, uneven_pipeline=True)
+    one = ep_comm_s(layout, job, moe_layers=1)
+    # k · capacity · s · b · h bf16 bytes, 1/tp of them per rank, (e−1)/e leave the rank, tp·ep = 32 ranks span nodes
+    nbytes = 2 * 1.25 * 8192 * 10752 * 2 / 8
+    assert one == pytest.approx(4 * 3 / 4 * nbytes / job.cluster.bandwidth(group_span=32))
+    assert ep_comm_s(layout, job, moe_layers=8) == pytest.approx(8 * one)
+    assert ep_comm_s(dataclasses.replace(layout, recompute="full"), job, moe_layers=1) == pytest.approx(1.5 * one)
+    assert ep_comm_s(dataclasses.replace(layout, ep=1), job, moe_layers=8) == 0
+    assert model.n_moe_layers == 120
+
+
+def test_tp_traffic_of_an_moe_layer_adds_the_split_experts_all_reduce_and_deepspeeds_token_gathers():
+    from orchestrator.plan.timing import ring_all_reduce, ring_half, tp_comm_s
+
+    job = moe_job()
+    layout = Layout(tp=8, pp=16, dp=196, ep=2, micro_batch=1)
+    nbytes, bandwidth = 8192 * 10752 * 2, job.cluster.bandwidth(group_span=8)
+    routed = 2 * 1.25 * nbytes
+    per_pass = ring_all_reduce(nbytes, 8, bandwidth) + ring_all_reduce(routed, 8, bandwidth) \
+        + 2 * ring_half(routed, 8, bandwidth)
+    assert tp_comm_s(layout, job, layers=8, moe_layers=8) == pytest.approx(2 * 8 * per_pass)
+    dense = tp_comm_s(layout, job, layers=8, moe_layers=0)
+    assert dense == pytest.approx(4 * 8 * ring_all_reduce(nbytes, 8, bandwidth))
+    assert tp_comm_s(dataclasses.replace(layout, tp=1), job, layers=8, moe_layers=8) == 0
+
+
+def test_the_seed_layouts_step_counts_every_term():
+    layout = Layout(tp=8, pp=16, dp=196, ep=2, zero_stage=1, micro_batch=1, grad_accum=37, recompute="full",
+                    uneven_pipeline=True)
+    step = predict_step(layout, moe_job())
+    assert step.ep_comm_s > 0 and step.tp_comm_s > 0 and step.pp_comm_s > 0 and step.dp_comm_s > 0
+    assert step.bubble_fraction == pytest.approx(15 / 52)
+    assert step.pipeline_s == pytest.approx((37 + 15) * step.micro_batch_s)

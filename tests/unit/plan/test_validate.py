@@ -9,7 +9,7 @@ from orchestrator.config.model import get_model
 from orchestrator.plan.evaluate import evaluate
 from orchestrator.plan.job import BatchTarget, Job
 from orchestrator.plan.layout import Layout, LayoutError
-from orchestrator.plan.validate import check_layout, check_runtime, fill_grad_accum, require_runtime
+from orchestrator.plan.validate import check_layout, check_runtime, fill_grad_accum, require_runtime, runtime_refusals
 
 
 def job(model="gpt3-175b", gpus=1024, batch=1536, **kw):
@@ -24,7 +24,7 @@ GOOD = Layout(tp=8, pp=16, dp=8, zero_stage=1, micro_batch=1, recompute="full")
 BAD = [
     ("world", job(), dict(dp=2), "world", ["world 1024 != tp 8 × pp 16 × dp 2 (=256)", "use dp 8"]),
     ("heads", job(), dict(tp=5, dp=12), "heads_tp", ["heads 96 not divisible by tp 5", "{1, 2, 3, 4, 6, 8, 12"]),
-    ("pp over layers", job(), dict(pp=128, tp=8, dp=1), "pp_layers", ["pp 128 > 96 layers"]),
+    ("pp over layers", job(), dict(pp=128, tp=8, dp=1), "pp_empty", ["pp 128 > 96 layers"]),
     ("pp uneven", job(model="gpt3-13b", gpus=64, batch=512), dict(tp=8, pp=3, dp=2, micro_batch=1, recompute="full"),
      "pp_layers", ["layers 40 not divisible by pp 3", "--uneven-pipeline"]),
     ("zero with pp", job(), dict(zero_stage=2), "zero_pp", ["ZeRO ≤ 1", "zero 2 with pp 16"]),
@@ -86,11 +86,18 @@ def test_warnings_are_not_errors():
 
 
 def test_uneven_pipeline_is_allowed_only_when_asked_and_drops_no_layer():
-    the_job = job(model="gpt3-13b", gpus=24, batch=24, uneven_pipeline=True)
+    the_job = job(model="gpt3-13b", gpus=24, batch=24)
     layout = Layout(tp=8, pp=3, dp=1, zero_stage=0, recompute="full", sequence_parallel=True)
-    evaluation = evaluate(layout, the_job)
+    refused = evaluate(layout, the_job)
+    assert [i.code for i in refused.errors] == ["pp_layers"]
+    evaluation = evaluate(dataclasses.replace(layout, uneven_pipeline=True), the_job)
     assert not [i for i in evaluation.errors if i.code == "pp_layers"]
     assert any("[14, 13, 13]" in i.message for i in evaluation.issues)
+    # the runtime's validator decides it too: a rank refuses an uneven split nobody asked for
+    plain = dataclasses.replace(layout, sequence_parallel=False)
+    assert [i.code for i in runtime_refusals(check_runtime(plain, the_job.model))] == ["pp_layers"]
+    assert not runtime_refusals(check_runtime(dataclasses.replace(layout, uneven_pipeline=True, sequence_parallel=False),
+                                              the_job.model))
 
 
 def test_token_batches_round_to_a_multiple_of_micro_batch_times_dp():
@@ -105,13 +112,31 @@ def test_deepspeed_moe_accepts_zero_2_with_expert_parallelism():
     assert evaluate(layout, the_job).ok
 
 
+def test_moe_runs_on_every_dimension_deepspeed_allows_and_the_rest_is_refused_with_the_fix():
+    moe = get_model("gpt4-moe")
+    seed = Layout(tp=8, pp=16, dp=196, ep=4, zero_stage=1, uneven_pipeline=True)
+    assert not runtime_refusals(check_runtime(seed, moe))              # TP 8 × PP 16 × EP 4 × ZeRO-1
+    assert not runtime_refusals(check_runtime(Layout(tp=8, pp=1, dp=128, ep=16, zero_stage=2), moe))
+    refused = {i.code: i.message for i in runtime_refusals(check_runtime(dataclasses.replace(seed, zero_stage=2), moe))}
+    assert "use zero 0 or 1, or pp 1" in refused["zero_pp"]
+    refused = {i.code: i.message for i in runtime_refusals(check_runtime(Layout(dp=128, ep=16, zero_stage=3), moe))}
+    assert "use zero 2" in refused["zero_moe"]
+
+
+def test_moe_capacity_must_split_over_tp():
+    the_job = job(model="tiny-moe", gpus=2, batch=2, seq=30)   # 30 tokens: ceil(30 / 4 × 1.25 × 2) = 19 slots
+    issues = check_layout(fill_grad_accum(Layout(tp=2, dp=1, micro_batch=1), the_job), the_job)
+    assert [i.code for i in issues if i.severity == "error"] == ["moe_capacity_tp"]
+    assert "capacity 19 slots" in next(i.message for i in issues if i.code == "moe_capacity_tp")
+    the_job = job(model="tiny-moe", gpus=2, batch=2, seq=32)   # 20 slots
+    assert not [i for i in check_layout(fill_grad_accum(Layout(tp=2, dp=1, micro_batch=1), the_job), the_job)
+                if i.severity == "error"]
+
+
 # (case, model, layout, head, code, fragment): what this runtime cannot run although the planner prices it
 PLAN_ONLY = [
     ("sequence parallel", "gpt3-175b", dict(sequence_parallel=True), "lm", "runtime_sp", "set sequence_parallel false"),
     ("interleave", "gpt3-175b", dict(interleave=2, grad_accum=192), "lm", "runtime_interleave", "set interleave 1"),
-    ("moe with tp", "gpt4-moe", dict(tp=8, pp=1, dp=128, ep=16, zero_stage=1), "lm", "runtime_moe",
-     "runs MoE with tp 1 and pp 1 (got tp 8, pp 1)"),
-    ("moe with pp", "gpt4-moe", dict(tp=1, pp=8, dp=128, ep=16), "lm", "runtime_moe", "(got tp 1, pp 8)"),
     ("reward model with pp", "gpt3-175b", dict(), "scalar", "runtime_head_pp", "head 'scalar' with pp 16"),
 ]
 
