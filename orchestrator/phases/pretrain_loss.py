@@ -89,7 +89,7 @@ class PretrainLoss:
         from orchestrator.phases.outputs import frozen_model
 
         lm_state = {name: value for name, value in state.items() if not name.startswith("value_head.")}
-        model = frozen_model(model_config, head="lm", state=lm_state, device=device)
+        model = frozen_model(model_config, head="lm", state=lm_state, device=device, dtype=torch.float32)
         total = tokens = 0.0
         for batch in self.batches(micro_batch=micro_batch, dp_rank=0, dp_size=1, pipeline=False):
             labels = batch["labels"].to(device)

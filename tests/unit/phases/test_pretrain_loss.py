@@ -56,7 +56,7 @@ def test_a_state_dict_measures_the_mean_token_loss_and_a_scalar_head_is_read_as_
     config = get_model("tiny")
     weights = {name: initial_value(name, shape, config=config, seed=0)
                for name, shape in plain_parameter_shapes(config, head="lm").items()}
-    model = frozen_model(config, head="lm", state=weights, device=torch.device("cpu"))
+    model = frozen_model(config, head="lm", state=weights, device=torch.device("cpu"), dtype=torch.float32)
     data = SimpleNamespace(eval_order=SimpleNamespace(empty=False, epoch_length=lambda epoch: 8))
     ids = torch.randint(0, config.vocab, (8, 17))
     data.blocks = lambda *, order, start, count, split: {"input_ids": ids[start:start + count, :-1],
