@@ -79,7 +79,7 @@ class PipeBlock(Block):
 
     def forward(self, hidden: Tensor) -> Tensor:  # type: ignore[override]
         masks = AttentionMasks.build(q_len=hidden.shape[1], past=0, attention_mask=None, window=self.window,
-                                     device=hidden.device)
+                                     device=hidden.device, dtype=hidden.dtype)
         return super().forward(hidden, masks=masks)[0]
 
 
