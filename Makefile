@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/smoke
+CONSTRAINTS ?= constraints-cpu.txt
 export PATH := $(abspath $(BIN)):$(PATH)
 # CPU-only machines: keep DeepSpeed and torch quiet and single-threaded per rank where it matters.
 export TOKENIZERS_PARALLELISM := false
@@ -15,11 +16,12 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch is pinned to the CPU build on these machines (an unpinned torch pulls CUDA wheels)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# setup.cfg takes version ranges; CONSTRAINTS keeps CI on the CPU build of torch (an
+	# unconstrained torch from PyPI is the CUDA build). `make install CONSTRAINTS=` drops it.
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	$(BIN)/python scripts/prebuild_ops.py
 	touch $@
 
