@@ -76,6 +76,7 @@ bench: install
 	$(BIN)/python -m benchmarks.pipeline_bubble --pp 2 4 --micro-batches 4 8 16 --steps 3 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.memory_accuracy --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.attention_masks --rounds 3 --batch 4 --seq 1024 --threads 1 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.dp_scaling --ranks 1 2 4 --steps 4 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.curation_speed --write BENCHMARKS.md
 
