@@ -34,20 +34,6 @@ case "$probe" in
     exit 77 ;;
 esac
 
-test -x "$GPU_VENV/bin/python" || "$GPU_PYTHON" -m venv --system-site-packages "$GPU_VENV"
-torch_version=$("$GPU_VENV/bin/python" -c 'import torch; print(torch.__version__)')
-echo "torch==$torch_version" > "$GPU_VENV/keep-torch.txt"
-# an NGC-style torch (2.11.0a0+git…) is a pre-release, which a range like torch>=2.4 admits only with --pre
-pre=$("$GPU_VENV/bin/python" -c 'import re, torch; print("--pre" if re.search(r"(a|b|rc|dev)[0-9]*$", torch.__version__.split("+")[0]) else "")')
-if [ -n "$WHEELS" ]; then
-  test -d "$WHEELS" || { echo "make test-gpu: WHEELS=$WHEELS is not a folder: fill one with \`make wheels WHEELS=$WHEELS\` on a machine with the registry"; exit 2; }
-  "$GPU_VENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" setuptools wheel
-  "$GPU_VENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" --no-build-isolation $pre \
-    -c "$GPU_VENV/keep-torch.txt" -e '.[test]'
-else
-  "$GPU_VENV/bin/python" -m pip install --quiet $pre -c "$GPU_VENV/keep-torch.txt" -e '.[test]'
-fi
-after=$("$GPU_VENV/bin/python" -c 'import torch; print(torch.__version__)')
-[ "$after" = "$torch_version" ] || { echo "make test-gpu: torch changed from $torch_version to $after"; exit 1; }
+GPU_PYTHON="$GPU_PYTHON" GPU_VENV="$GPU_VENV" WHEELS="$WHEELS" bash scripts/gpu_venv.sh
 export PATH="$(cd "$GPU_VENV/bin" && pwd):$PATH"
 exec "$GPU_VENV/bin/python" scripts/test_gpu.py "$@"
