@@ -8,7 +8,13 @@ GPU_PYTHON=${GPU_PYTHON:-python3}
 GPU_VENV=${GPU_VENV:-.venv-gpu}
 WHEELS=${WHEELS:-}
 
-test -x "$GPU_VENV/bin/python" || "$GPU_PYTHON" -m venv --system-site-packages "$GPU_VENV"
+if [ ! -x "$GPU_VENV/bin/python" ]; then
+  "$GPU_PYTHON" -m venv --system-site-packages "$GPU_VENV"
+  # where GPU_PYTHON is itself a virtualenv's (some images keep torch in one), --system-site-packages
+  # reaches only the base interpreter: a .pth file adds GPU_PYTHON's own site-packages behind ours
+  purelib=$("$GPU_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  "$GPU_PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' > "$purelib/gpu-image.pth"
+fi
 torch_version=$("$GPU_VENV/bin/python" -c 'import torch; print(torch.__version__)')
 echo "torch==$torch_version" > "$GPU_VENV/keep-torch.txt"
 # an NGC-style torch (2.11.0a0+git…) is a pre-release, which a range like torch>=2.4 admits only with --pre
