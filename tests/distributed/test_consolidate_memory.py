@@ -15,8 +15,9 @@ import pytest
 from orchestrator.engine.launch.ports import free_port
 
 WORKER = Path(__file__).with_name("consolidate_worker.py")
-SLACK = 16 * 2**20
-"""Room for what is not the tensors: gloo's and pickle's buffers, allocator rounding."""
+SLACK = 32 * 2**20
+"""Room for what is not the tensors: gloo's and pickle's buffers, lazy imports, allocator rounding
+(measured: about 11 MiB; the old path exceeded the bound by 350 MiB on rank 0, 90 MiB on rank 1)."""
 
 
 @pytest.mark.distributed
