@@ -4,6 +4,7 @@ memory is measured (Linux VmHWM, reset through /proc/self/clear_refs just before
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import json
 import re
@@ -34,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    faulthandler.dump_traceback_later(240, exit=True)       # a hang prints every thread's stack, then ends
     context = init_distributed(timeout_minutes=3)
     state = build_parallel_state(Layout(pp=context.world).resolve(context.world), context)
     shards = [(nn.Parameter(stage_tensor(state.pp_rank, i)), Shard(name=f"stage{state.pp_rank}.{i}"))
