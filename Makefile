@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/smoke
+CONSTRAINTS ?= constraints-cpu.txt
+ORIGINAL_PATH := $(PATH)
 export PATH := $(abspath $(BIN)):$(PATH)
 # CPU-only machines: keep DeepSpeed and torch quiet and single-threaded per rank where it matters.
 export TOKENIZERS_PARALLELISM := false
@@ -11,15 +13,16 @@ export WANDB_MODE ?= offline
 # DeepSpeed's JIT-built CPU op lives in this virtualenv (built once by `install`; see scripts/prebuild_ops.py).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: install test test-fast smoke smoke-3d smoke-moe plan-gpt3 bench bench-rlhf clean
+.PHONY: install test test-fast test-gpu wheels smoke smoke-3d smoke-moe plan-gpt3 bench bench-rlhf clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch is pinned to the CPU build on these machines (an unpinned torch pulls CUDA wheels)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# setup.cfg takes version ranges; CONSTRAINTS keeps CI on the CPU build of torch (an
+	# unconstrained torch from PyPI is the CUDA build). `make install CONSTRAINTS=` drops it.
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	$(BIN)/python scripts/prebuild_ops.py
 	touch $@
 
@@ -28,6 +31,25 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not distributed and not e2e"
+
+# The single-GPU CI target (SPEC §12): CUDA-only tests, the tiny pipeline in bf16, the benchmarks
+# against HF, one report (runs/test-gpu/REPORT.md). Not through `install`: it keeps the machine's
+# own CUDA torch (a venv with --system-site-packages). Without a GPU it says SKIPPED and exits 77.
+# Offline: `make test-gpu WHEELS=dir` installs only from a folder `make wheels` filled.
+# the machine's own Python (with its CUDA torch), not this checkout's CPU .venv
+GPU_PYTHON ?= $(shell PATH='$(ORIGINAL_PATH)' command -v python3)
+WHEELS ?=
+test-gpu:
+	GPU_PYTHON=$(GPU_PYTHON) WHEELS=$(WHEELS) bash scripts/test_gpu.sh
+
+# Every wheel but torch for a GPU image (run where the registry is reachable): its Python, its
+# platform tag and its torch version as parameters.
+PY ?= 3.11
+PLATFORM ?= manylinux_2_28_x86_64
+GPU_TORCH ?= 2.11.0
+wheels: install
+	$(BIN)/python scripts/gpu_wheels.py --dest $(or $(WHEELS),wheels) --python-version $(PY) \
+		--platform $(PLATFORM) --torch $(GPU_TORCH)
 
 # The whole InstructGPT pipeline on the tiny GPT, each phase its own deepspeed launcher process.
 smoke: install
@@ -54,6 +76,7 @@ bench: install
 	$(BIN)/python -m benchmarks.pipeline_bubble --pp 2 4 --micro-batches 4 8 16 --steps 3 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.memory_accuracy --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.rollout_speed --rounds 5 --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.attention_masks --rounds 3 --batch 4 --seq 1024 --threads 1 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.dp_scaling --ranks 1 2 4 --steps 4 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.curation_speed --write BENCHMARKS.md
 

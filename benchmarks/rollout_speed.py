@@ -27,6 +27,7 @@ from benchmarks.common import machine_info, markdown_table, today, write_section
 from orchestrator.config.model import GPTConfig, get_model
 
 HEADING = "## Rollout generation (KV cache vs transformers generate)"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PAD_ID, NO_EOS = 0, -1
 
 
@@ -55,8 +56,9 @@ def prompts(case: Case, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def models(config: GPTConfig):
-    """Our GPT (random init, eval) and the GPT2LMHeadModel holding the same weights."""
+def models(config: GPTConfig, *, device: torch.device, dtype: torch.dtype):
+    """Our GPT (random init, eval) and the GPT2LMHeadModel holding the same weights, both on
+    ``device`` in ``dtype``."""
     from orchestrator.handoff.export import build_hf_model
     from orchestrator.model.gpt import GPT
     from orchestrator.model.params import init_parameters, param_shards
@@ -67,13 +69,13 @@ def models(config: GPTConfig):
     hf = build_hf_model({k: v.detach().clone() for k, v in ours.state_dict().items()}, config, eos_id=PAD_ID,
                         pad_id=PAD_ID)
     hf.generation_config.eos_token_id = None
-    return ours, hf
+    return ours.to(device=device, dtype=dtype), hf.to(device=device, dtype=dtype)
 
 
 def ours_generate(model, ids, mask, *, new_tokens: int, temperature: float, top_p: float, seed: int) -> torch.Tensor:
     from orchestrator.phases.sampling import sample
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=ids.device).manual_seed(seed)
     rollout = sample(model, input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, eos_id=NO_EOS,
                      pad_id=PAD_ID, temperature=temperature, top_p=top_p, generator=generator)
     return rollout.responses
@@ -89,7 +91,19 @@ def hf_generate(model, ids, mask, *, new_tokens: int, temperature: float, top_p:
 
 
 def check_same_model(ours, hf, ids, mask, *, new_tokens: int) -> None:
-    """Greedy decoding of both must agree token for token (same weights, masks and positions)."""
+    """Greedy decoding of both must agree token for token (same weights, masks and positions); in
+    bf16, where two kernels' roundings can flip a near tie, the prompt's next-token logits must
+    agree to bf16 precision instead."""
+    if next(ours.parameters()).dtype != torch.float32:
+        from orchestrator.data.rlhf import position_ids_from_mask
+
+        with torch.no_grad():
+            a = ours(ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits[:, -1].float()
+            b = hf(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits[:, -1].float()
+        if not torch.allclose(a, b, atol=0.1, rtol=0.05):
+            raise RuntimeError(f"next-token logits differ by {(a - b).abs().max():.3f} between our GPT and "
+                               f"GPT2LMHeadModel: the export or the masks disagree")
+        return
     a = ours_generate(ours, ids, mask, new_tokens=new_tokens, temperature=0.0, top_p=1.0, seed=0)
     b = hf_generate(hf, ids, mask, new_tokens=new_tokens, temperature=0.0, top_p=1.0, seed=0)
     if not torch.equal(a, b):
@@ -98,27 +112,36 @@ def check_same_model(ours, hf, ids, mask, *, new_tokens: int) -> None:
                            f"the export or the masks disagree, the timings would not compare the same model")
 
 
-def time_contenders(contenders: dict[str, Callable[[], torch.Tensor]], *, rounds: int) -> dict[str, dict]:
+def time_contenders(contenders: dict[str, Callable[[], torch.Tensor]], *, rounds: int,
+                    device: torch.device = torch.device("cpu")) -> dict[str, dict]:
     """Median wall and CPU seconds per call (this thread's CPU time: with one torch thread, the work
-    done whatever else runs on the machine), contenders alternating within each round after a warm-up call."""
+    done whatever else runs on the machine), contenders alternating within each round after a warm-up call.
+    On a GPU each call ends with a synchronize, so its time is the device's work too."""
+    def finish():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for run in contenders.values():
         run()
+        finish()
     samples: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in contenders}
     for _ in range(rounds):
         for name, run in contenders.items():
             wall, cpu = time.perf_counter(), time.thread_time()
             run()
+            finish()
             samples[name]["cpu"].append(time.thread_time() - cpu)
             samples[name]["wall"].append(time.perf_counter() - wall)
     return {name: {kind: statistics.median(values) for kind, values in kinds.items()}
             for name, kinds in samples.items()}
 
 
-def measure(case: Case, *, rounds: int, temperature: float, top_ps: list[float]) -> list[dict]:
+def measure(case: Case, *, rounds: int, temperature: float, top_ps: list[float], device: torch.device,
+            dtype: torch.dtype) -> list[dict]:
     """One row per nucleus mass in ``top_ps``, all on the same model pair and prompts."""
     config = get_model(case.preset)
-    ours, hf = models(config)
-    ids, mask = prompts(case, config.vocab)
+    ours, hf = models(config, device=device, dtype=dtype)
+    ids, mask = (tensor.to(device) for tensor in prompts(case, config.vocab))
     check_same_model(ours, hf, ids, mask, new_tokens=min(case.max_new_tokens, 32))
     rows = []
     for top_p in top_ps:
@@ -129,7 +152,8 @@ def measure(case: Case, *, rounds: int, temperature: float, top_ps: list[float])
                 raise RuntimeError(f"{generate.__name__} produced {tuple(produced.shape)} tokens, expected "
                                    f"{(case.batch, case.max_new_tokens)}")
         seconds = time_contenders({"ours": lambda: ours_generate(ours, ids, mask, **args),
-                                   "hf": lambda: hf_generate(hf, ids, mask, **args)}, rounds=rounds)
+                                   "hf": lambda: hf_generate(hf, ids, mask, **args)}, rounds=rounds,
+                                  device=device)
         tokens = case.batch * case.max_new_tokens
         rows.append(dict(case=case, params=config.params(), vocab=config.vocab, top_p=top_p, seconds=seconds,
                          tokens_per_s={name: tokens / times["wall"] for name, times in seconds.items()},
@@ -160,7 +184,8 @@ def sorted_nucleus_token(probs: torch.Tensor, top_p: float, generator: torch.Gen
     return torch.multinomial(torch.zeros_like(probs).scatter(-1, order, values), 1, generator=generator).squeeze(-1)
 
 
-def sampling_rows(*, batch: int = 8, top_p: float = 0.9, repeats: int = 30) -> list[list[str]]:
+def sampling_rows(*, batch: int = 8, top_p: float = 0.9, repeats: int = 30,
+                  device: torch.device = torch.device("cpu")) -> list[list[str]]:
     """Milliseconds to pick one token per row from (batch, V) probabilities, both ways, for a
     near-uniform distribution (an untrained model: the nucleus is most of the vocabulary) and a
     peaked one (logits of standard deviation 8: the nucleus is a few tokens, as for a trained model)."""
@@ -169,21 +194,23 @@ def sampling_rows(*, batch: int = 8, top_p: float = 0.9, repeats: int = 30) -> l
     rows = []
     for vocab in (2048, 8192, 50257):
         for name, scale in (("near-uniform", 0.1), ("peaked", 8.0)):
-            generator = torch.Generator().manual_seed(0)
-            probs = torch.softmax(torch.randn(batch, vocab, generator=generator) * scale, dim=-1)
+            generator = torch.Generator(device=device).manual_seed(0)
+            probs = torch.softmax(torch.randn(batch, vocab, generator=generator, device=device) * scale, dim=-1)
             ms = {}
             for label, pick in (("sorted", sorted_nucleus_token), ("ours", lambda p, t, g: nucleus_sample(p, t, generator=g))):
                 pick(probs, top_p, generator)
                 start = time.perf_counter()
                 for _ in range(repeats):
                     pick(probs, top_p, generator)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 ms[label] = (time.perf_counter() - start) / repeats * 1e3
             rows.append([f"{vocab:,}", name, f"{ms['sorted']:.2f}", f"{ms['ours']:.2f}", f"{ms['sorted'] / ms['ours']:.1f}"])
     return rows
 
 
 def report(rows: list[dict], *, command: str, temperature: float, threads: int,
-           sampling: list[list[str]]) -> str:
+           sampling: list[list[str]], device: str = "cpu", precision: str = "fp32") -> str:
     table = [[r["case"].preset, f"{r['params'] / 1e6:.1f}M", f"{r['vocab']:,}", r["top_p"], r["case"].batch,
               f"{r['case'].prompt_lengths[0]}–{r['case'].prompt_lengths[1]}", r["case"].max_new_tokens,
               f"{r['tokens_per_s']['ours']:,.0f}", f"{r['tokens_per_s']['hf']:,.0f}",
@@ -193,9 +220,10 @@ def report(rows: list[dict], *, command: str, temperature: float, threads: int,
     return "\n".join([
         HEADING, "",
         f"`phases.sampling.sample` (our GPT, KV cache) vs `GPT2LMHeadModel.generate` (transformers "
-        f"{transformers.__version__}, its KV cache) on the same exported weights, fp32, {threads} thread(s); "
-        f"temperature {temperature}, top-k off, no EOS (every row generates max_new_tokens); "
-        f"greedy outputs checked identical first. Median of alternating rounds.", "",
+        f"{transformers.__version__}, its KV cache) on the same exported weights, both on {device} in "
+        f"{precision}, {threads} thread(s); temperature {temperature}, top-k off, no EOS (every row generates "
+        f"max_new_tokens); greedy outputs checked identical first (in bf16: the next-token logits). "
+        f"Median of alternating rounds.", "",
         "```bash", command, "```", "",
         f"Machine: {machine_info().describe()}. Date: {today()}.", "",
         markdown_table(["model", "params", "vocab", "top-p", "batch", "prompt tokens (left-padded)", "new tokens", "ours tokens/s",
@@ -214,16 +242,21 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=[case.preset for case in CASES],
                         choices=[case.preset for case in CASES])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: both contenders run on it")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="both contenders' dtype")
     parser.add_argument("--write", help="replace this benchmark's section of that Markdown file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), PRECISIONS[args.precision]
     rows = [row for case in CASES if case.preset in args.models
-            for row in measure(case, rounds=args.rounds, temperature=args.temperature, top_ps=args.top_p)]
+            for row in measure(case, rounds=args.rounds, temperature=args.temperature, top_ps=args.top_p,
+                               device=device, dtype=dtype)]
     command = (f".venv/bin/python -m benchmarks.rollout_speed --rounds {args.rounds} --temperature {args.temperature} "
                f"--top-p {' '.join(map(str, args.top_p))} --models {' '.join(args.models)} --threads {args.threads}"
+               + (f" --device {args.device} --precision {args.precision}" if (args.device, args.precision) != ("cpu", "fp32") else "")
                + (f" --write {args.write}" if args.write else ""))
     section = report(rows, command=command, temperature=args.temperature, threads=args.threads,
-                     sampling=sampling_rows())
+                     sampling=sampling_rows(device=device), device=args.device, precision=args.precision)
     print(section)
     if args.write:
         write_section(Path(args.write), section)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.config.run import LaunchConfig
 from orchestrator.engine.launch import accelerate_config, deepspeed_env_text, launch_env, sbatch_script
 
 HERE = Path(__file__).parent
@@ -20,7 +21,7 @@ RUN_DIR = "/shared/runs/gpt3-small"
 
 
 def examples() -> dict[str, str]:
-    env = launch_env(user_env={"NCCL_SOCKET_IFNAME": "^docker0,lo"}, timeout_minutes=10, gpu=True,
+    env = launch_env(user_env={"NCCL_SOCKET_IFNAME": "^docker0,lo"}, timeout_minutes=LaunchConfig().timeout_minutes, gpu=True,
                      master_addr="worker-0", master_port=29500)
     accelerate = accelerate_config(ds_config_file=f"{RUN_DIR}/pretrain/ds_config.json", nodes=2, gpus_per_node=8,
                                    multinode="pdsh", hostfile=f"{CHECKOUT}/launch/hostfile.example",

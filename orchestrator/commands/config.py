@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from orchestrator.commands.plan import add_job_arguments, describe_plan, plan_search
-from orchestrator.config.run import OptimConfig
+from orchestrator.config.run import LaunchConfig, OptimConfig
 from orchestrator.engine.ds_config import build_ds_config, ds_config_text
 from orchestrator.engine.launch import LaunchPlan, Target, build_launch_plan, launch_env, phase_entry
 from orchestrator.plan.artifact import Plan, make_plan
@@ -58,7 +58,7 @@ def launch_for(plan: Plan, args: argparse.Namespace) -> LaunchPlan:
                     multinode=args.multinode, master_addr=args.master_addr, master_port=args.master_port)
     run_dir = args.run_dir or f"runs/{plan.model.name}"
     entry = phase_entry(phase=args.phase, run_dir=run_dir, target=target, launcher="deepspeed")
-    env = launch_env(user_env={}, timeout_minutes=10, gpu=plan.gpu != "cpu",
+    env = launch_env(user_env={}, timeout_minutes=LaunchConfig().timeout_minutes, gpu=plan.gpu != "cpu",
                      master_addr=args.master_addr if multi else None, master_port=args.master_port)
     return build_launch_plan(launcher="deepspeed", entry=entry, target=target, env=env)
 

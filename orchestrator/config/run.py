@@ -78,8 +78,12 @@ class LaunchConfig:
     runs on one machine never collide), 29500 across nodes (every node must agree)."""
     env: dict[str, str] = field(default_factory=dict)
     """Variables every node needs; written to ``.deepspeed_env`` (after the NCCL/timeout defaults)."""
-    timeout_minutes: int = 10
-    """Collective timeout: a dead rank fails the job instead of hanging it."""
+    timeout_minutes: int = 30
+    """Collective timeout (minutes): a dead rank fails the job instead of hanging it. It must
+    outlast the longest work one rank does while the others wait in a collective: rank 0 hashing
+    a saved checkpoint for the manifest (SHA-256 at roughly 1 GB/s on one core: gpt3-175b's 700 GB
+    of fp32 weights take about 12 minutes), or policy-ranking sampling on the RM's ranks. 30, as
+    torch's own default for gloo; raise it for larger models (``--set launch.timeout_minutes=60``)."""
     launcher_args: str = ""
     """Extra flags for the multi-node backend (deepspeed ``--launcher_args``, e.g. mpirun or srun flags)."""
     slurm_partition: Optional[str] = None

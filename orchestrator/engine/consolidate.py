@@ -4,6 +4,11 @@ Gather: ZeRO-3 partitions are gathered per tensor (``deepspeed.zero.GatheredPara
 pieces are all-gathered and reassembled (``Shard.assemble``), then each plain tensor is sent to
 rank 0 by exactly one owner: TP rank 0 of data-parallel rank 0 for dense tensors, of
 expert-data-parallel rank 0 for experts, the first pipeline copy of the tied embedding.
+The send is streamed on the host: each owner keeps its own tensors on the CPU (one shard), and
+rank 0 receives them rank by rank, tensor by tensor, over a gloo group into CPU tensors of the
+announced shape — so rank 0 holds its result plus at most one tensor in flight, and nothing of the
+model is staged in GPU memory (``gather_object`` over NCCL would pickle every rank's shard into GPU
+byte buffers, world × the largest shard on GPU 0).
 Load: every rank cuts its pieces out of the plain state dict (``Shard.take``).
 """
 from __future__ import annotations
@@ -71,14 +76,39 @@ def gather_plain_state(shards: list[tuple[nn.Parameter, Shard]], *, state: Paral
     ``master(param)``: the fp32 master of a 16-bit engine's parameter (``engine.master``), or None."""
     mine = {shard.name: full for param, shard, full in _full_tensors(shards, state=state, zero3=zero3, master=master)
             if _owns(param, state)}
-    received: list = [None] * dist.get_world_size() if state.rank == 0 else None
-    dist.gather_object(mine, received, dst=0)
-    if state.rank != 0:
+    group = _host_group()
+    try:
+        return stream_to_rank0(mine, rank=state.rank, world=dist.get_world_size(), group=group)
+    finally:
+        if group is not None:
+            dist.destroy_process_group(group)
+
+
+def _host_group():
+    """A gloo group over every rank for host tensors: None (the default group) when the job
+    already runs on gloo, else a new one (NCCL moves only GPU tensors). Collective."""
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def stream_to_rank0(mine: dict[str, Tensor], *, rank: int, world: int, group=None) -> dict[str, Tensor]:
+    """Every rank's ``mine`` (CPU tensors, names unique to their owner) merged on rank 0; {} elsewhere.
+
+    Only names and shapes travel as objects; each tensor goes point to point into a buffer rank 0
+    allocates for it, in the order its owner announced. The first owner of a name wins. Collective.
+    """
+    announced: list = [None] * world if rank == 0 else None
+    dist.gather_object([(name, tuple(t.shape), t.dtype) for name, t in mine.items()], announced,
+                       dst=0, group=group)
+    if rank != 0:
+        for tensor in mine.values():
+            dist.send(tensor.contiguous(), dst=0, group=group)
         return {}
-    merged: dict[str, Tensor] = {}
-    for part in received:
-        for name, tensor in part.items():
-            merged.setdefault(name, tensor)
+    merged = dict(mine)
+    for source in range(1, world):
+        for name, shape, dtype in announced[source]:
+            buffer = torch.empty(shape, dtype=dtype)
+            dist.recv(buffer, src=source, group=group)
+            merged.setdefault(name, buffer)
     return merged
 
 

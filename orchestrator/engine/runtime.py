@@ -25,6 +25,7 @@ from orchestrator.engine.consolidate import (check_plain_state, gather_plain_sta
 from orchestrator.engine.master import fp32_master, set_fp32_masters, trains_in_16_bit
 from orchestrator.engine.optim import StepGuard, learning_rate
 from orchestrator.engine.parallel import ParallelState
+from orchestrator.engine.transfer import to_device
 from orchestrator.model.gpt import GPT, GPTOutput
 from orchestrator.model.loss import lm_loss, next_token_labels
 
@@ -237,7 +238,7 @@ class Runtime:
                       next_token_labels(batch["input_ids"])) for batch in micro_batches])
 
     def _on_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        return to_device(batch, self.device)
 
     def _apply_learning_rate(self) -> float:
         lr = learning_rate(self.steps_done, optim=self.optim, total_steps=self.total_steps)

@@ -1,10 +1,11 @@
 """Causal self-attention with GPT-3's locally banded option, left padding and a KV cache.
 
-Masks are built once per forward (``AttentionMasks.build``) and shared by every layer: a dense
-causal mask and, for ``attention="alternating"``, a sliding-window band (Brown et al. 2020, §2.1,
-after the Sparse Transformer of Child et al. 2019). A token at absolute position i sees keys j with
-``i - window < j <= i`` in a local layer (``window`` tokens, itself included, as GPT-Neo counts).
-With no padding and no cache, dense layers use SDPA's ``is_causal`` fast path (no mask tensor).
+Masks are built once per forward (``AttentionMasks.build``), as additive masks in the activations'
+dtype, and shared by every layer: a dense causal mask and, for ``attention="alternating"``, a
+sliding-window band (Brown et al. 2020, §2.1, after the Sparse Transformer of Child et al. 2019).
+A token at absolute position i sees keys j with ``i - window < j <= i`` in a local layer
+(``window`` tokens, itself included, as GPT-Neo counts). With no padding or only right padding and
+no cache, dense layers use SDPA's ``is_causal`` fast path (no mask tensor).
 """
 from __future__ import annotations
 
@@ -72,35 +73,69 @@ class KVCache:
 
 @dataclass(frozen=True)
 class AttentionMasks:
-    """Boolean masks (True = may attend), broadcastable to (B, H, T_q, T_k); None = plain causal."""
+    """Additive masks (0 = may attend, -inf = may not) in the activations' dtype, broadcastable to
+    (B, H, T_q, T_k), built once per forward and shared by every layer; ``dense`` None = SDPA's
+    ``is_causal`` (no mask tensor: the flash kernel on GPU and CPU).
+
+    A boolean mask handed to SDPA is turned into such an additive one inside every call, so a
+    boolean mask shared by the layers still cost one T_q × T_k conversion per layer; and any mask
+    rules out the flash kernel. Two cases therefore need no mask at all: no padding, and right
+    padding (SFT, reward model), where a real token's causal keys are all real — the padded
+    queries then see padding, but their outputs are never read (labels -100, rewards read at EOS).
+    """
 
     dense: Optional[Tensor]
     local: Optional[Tensor]
 
     @staticmethod
     def build(*, q_len: int, past: int, attention_mask: Optional[Tensor], window: Optional[int],
-              device: torch.device) -> "AttentionMasks":
-        k_len = past + q_len
-        if attention_mask is not None and attention_mask.shape[-1] != k_len:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens but the cache "
-                             f"holds {past} and the input {q_len}: pass the mask of all {k_len} tokens")
-        plain_causal = attention_mask is None and past == 0
-        query_pos = torch.arange(past, k_len, device=device)[:, None]    # (T_q, 1), absolute i
-        key_pos = torch.arange(k_len, device=device)[None, :]            # (1, T_k), j
-        causal = key_pos <= query_pos                                      # (T_q, T_k)
-        band = causal & (key_pos > query_pos - window) if window else None
-        if attention_mask is not None:
-            # Left padding: a key that is padding is never seen. A padded query would then see
-            # nothing (SDPA gives NaN), so every query may always see itself; its output is unused.
-            keys_valid = attention_mask.bool()[:, None, None, :]          # (B, 1, 1, T_k)
-            itself = key_pos == query_pos
-            causal = (causal & keys_valid) | itself
-            band = (band & keys_valid) | itself if band is not None else None
-        dense = None if plain_causal else causal
-        return AttentionMasks(dense=dense, local=band)
+              device: torch.device, dtype: torch.dtype = torch.float32) -> "AttentionMasks":
+        dense, local = visible_keys(q_len=q_len, past=past, attention_mask=attention_mask, window=window,
+                                    device=device)
+        if dense is not None and past == 0 and _right_padded(attention_mask):
+            dense = None
+        return AttentionMasks(dense=_additive(dense, dtype), local=_additive(local, dtype))
 
     def for_layer(self, local: bool) -> Optional[Tensor]:
         return self.local if local else self.dense
+
+
+def visible_keys(*, q_len: int, past: int, attention_mask: Optional[Tensor], window: Optional[int],
+                 device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Which keys each query may see (True = may attend): the (dense, local) boolean masks,
+    broadcastable to (B, 1, T_q, T_k); dense None = plain causal (no padding, no cache)."""
+    k_len = past + q_len
+    if attention_mask is not None and attention_mask.shape[-1] != k_len:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens but the cache "
+                         f"holds {past} and the input {q_len}: pass the mask of all {k_len} tokens")
+    plain_causal = attention_mask is None and past == 0
+    query_pos = torch.arange(past, k_len, device=device)[:, None]    # (T_q, 1), absolute i
+    key_pos = torch.arange(k_len, device=device)[None, :]            # (1, T_k), j
+    causal = key_pos <= query_pos                                      # (T_q, T_k)
+    band = causal & (key_pos > query_pos - window) if window else None
+    if attention_mask is not None:
+        # Left padding: a key that is padding is never seen. A padded query would then see
+        # nothing (SDPA gives NaN), so every query may always see itself; its output is unused.
+        keys_valid = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]   # (B, 1, 1, T_k)
+        itself = key_pos == query_pos
+        causal = (causal & keys_valid) | itself
+        band = (band & keys_valid) | itself if band is not None else None
+    return (None if plain_causal else causal), band
+
+
+def _right_padded(attention_mask: Optional[Tensor]) -> bool:
+    """Every row is real tokens, then padding (or none): causal attention is then exact for the
+    real tokens. One host sync per forward, for prompt and training forwards only."""
+    if attention_mask is None:
+        return True
+    valid = attention_mask.bool()
+    return bool((valid[..., :-1] >= valid[..., 1:]).all())
+
+
+def _additive(allowed: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    if allowed is None:
+        return None
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
 class CausalSelfAttention(nn.Module):

@@ -144,7 +144,7 @@ class GPT(nn.Module):
         x = self.embed(input_ids, position_ids=position_ids, past=past)
         masks = AttentionMasks.build(q_len=input_ids.shape[1], past=past, attention_mask=attention_mask,
                                      window=self.config.local_window if self.config.attention == "alternating"
-                                     else None, device=x.device)
+                                     else None, device=x.device, dtype=x.dtype)
         aux_loss = x.new_zeros(())
         for block in self.h:
             if self.recompute_blocks and self.training and kv_cache is None:

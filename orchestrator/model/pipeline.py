@@ -97,7 +97,7 @@ class PipeBlock(Block):
     def forward(self, carried: Tensor | tuple[Tensor, Tensor]):  # type: ignore[override]
         hidden, aux = carried if isinstance(carried, tuple) else (carried, None)
         masks = AttentionMasks.build(q_len=hidden.shape[1], past=0, attention_mask=None, window=self.window,
-                                     device=hidden.device)
+                                     device=hidden.device, dtype=hidden.dtype)
         hidden, layer_aux = super().forward(hidden, masks=masks)
         if aux is None:
             return hidden

@@ -189,7 +189,7 @@ class PPO(Phase):
             model.train()
             batch[key] = response_logprobs(out, batch["sequences"], p) if key == "old_logprobs" else \
                 out[:, p - 1:-1].float()
-        batch["prompt_len"] = torch.tensor(p)
+        batch["prompt_len"] = p          # a Python int: reading it never syncs with the device
         return batch
 
     def advantages(self, experience: list[dict]) -> dict[str, float]:

@@ -32,9 +32,10 @@ def ranking_loss(rewards: torch.Tensor, preferred: torch.Tensor) -> tuple[torch.
     margins = rewards[:, :, None] - rewards[:, None, :]            # (B, K, K): r_i − r_j
     weights = preferred.to(rewards.dtype)
     pairs = weights.sum(dim=(1, 2))                                 # (B,)
-    has_pairs = pairs > 0
+    has_pairs = (pairs > 0).to(rewards.dtype)
     per_prompt = -(F.logsigmoid(margins) * weights).sum(dim=(1, 2)) / pairs.clamp(min=1)
-    loss = per_prompt[has_pairs].mean() if has_pairs.any() else rewards.sum() * 0.0
+    # the mean over prompts that have pairs (0, still in the graph, when none has): no host sync
+    loss = (per_prompt * has_pairs).sum() / has_pairs.sum().clamp(min=1)
     correct = ((margins > 0).to(rewards.dtype) * weights).sum()
     accuracy = correct / pairs.sum().clamp(min=1)
     return loss, accuracy
@@ -61,7 +62,7 @@ def token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: tor
     log_ratio = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * log_ratio
     last = last_token_index(mask)                                   # (B,)
-    rewards[torch.arange(score.shape[0]), last] += score
+    rewards[torch.arange(score.shape[0], device=rewards.device), last] += score
     return rewards * mask, log_ratio.sum(dim=1)
 
 

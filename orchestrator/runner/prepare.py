@@ -21,7 +21,8 @@ from orchestrator.config.loader import to_dict
 from orchestrator.config.run import RunConfig, run_config_yaml
 from orchestrator.engine.ds_config import DS_CONFIG_FILE, Precision, cluster_precision, ds_config_text, phase_ds_config
 from orchestrator.engine.launch import (ENTRY_MODULE, LaunchPlan, Target, accelerate_config, build_launch_plan,
-                                        check_hosts, deepspeed_env_text, launch_env, phase_entry, read_hostfile)
+                                        check_hosts, check_master_addr, deepspeed_env_text, launch_env, phase_entry,
+                                        read_hostfile)
 from orchestrator.engine.launch.ports import free_port
 from orchestrator.handoff.hashing import atomic_write_text
 from orchestrator.plan.job import BatchTarget, Job
@@ -105,10 +106,12 @@ def launch_target(config: RunConfig) -> Target:
         if not launch.hostfile and launch.launcher != "torchrun":
             raise ValueError(f"cluster.nodes={cluster.nodes} needs launch.hostfile: one 'host slots=N' line per node "
                              f"(see launch/hostfile.example)")
+        hosts = read_hostfile(Path(launch.hostfile).resolve()) if launch.hostfile else ()
         if launch.hostfile:
             hostfile = str(Path(launch.hostfile).resolve())
-            check_hosts(read_hostfile(hostfile), nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node,
+            check_hosts(hosts, nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node,
                         where=f"hostfile {launch.hostfile}")
+        check_master_addr(launch.master_addr, nodes=cluster.nodes, hosts=hosts)
     return Target(nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node, hostfile=hostfile,
                   multinode=launch.multinode, master_addr=launch.master_addr, master_port=master_port(config),
                   launcher_args=launch.launcher_args)

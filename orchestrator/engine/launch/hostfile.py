@@ -69,3 +69,22 @@ def check_hosts(hosts: tuple[Host, ...], *, nodes: int, gpus_per_node: int, wher
 
 def format_hostfile(hosts: tuple[Host, ...]) -> str:
     return "".join(f"{h.name} slots={h.slots}\n" for h in hosts)
+
+
+LOOPBACK_NAMES = ("localhost", "ip6-localhost", "::1", "0.0.0.0")
+
+
+def is_loopback(host: str) -> bool:
+    """An address that names this machine only: localhost, 127.0.0.0/8, ::1 (and 0.0.0.0)."""
+    return host.lower() in LOOPBACK_NAMES or host.startswith("127.")
+
+
+def check_master_addr(master_addr: str, *, nodes: int, hosts: tuple[Host, ...] = ()) -> None:
+    """A multi-node job rendezvouses at node 0's address, which every node must reach: a loopback
+    ``master_addr`` works only when every "node" is this machine (hosts all loopback)."""
+    if nodes <= 1 or not is_loopback(master_addr) or (hosts and all(is_loopback(h.name) for h in hosts)):
+        return
+    first = hosts[0].name if hosts else "NODE0"
+    raise LaunchError(f"launch.master_addr={master_addr} is a loopback address, but cluster.nodes={nodes}: the other "
+                      f"nodes cannot reach it and would wait for the rendezvous until the timeout. Set node 0's "
+                      f"address (the first host of the hostfile): --set launch.master_addr={first}")

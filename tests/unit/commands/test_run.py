@@ -136,7 +136,7 @@ def test_dry_run_of_a_multinode_recipe_prints_per_node_commands_and_the_env_file
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "[pretrain node 0] $" in out and "--no_ssh --node_rank 1 --master_addr node-a" in out
-    assert "MASTER_ADDR=node-a\n" in out and "NCCL_IB_HCA=mlx5\n" in out and "DEEPSPEED_TIMEOUT=10\n" in out
+    assert "MASTER_ADDR=node-a\n" in out and "NCCL_IB_HCA=mlx5\n" in out and "DEEPSPEED_TIMEOUT=30\n" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostfile", "r.json"]
 
 
@@ -224,7 +224,7 @@ def test_a_multinode_backend_missing_on_this_machine_is_refused_before_anything_
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     data = recipe(tmp_path, launcher="deepspeed", cluster={"nodes": 2, "gpus_per_node": 1})
-    data["launch"].update(hostfile=str(hostfile), multinode="pdsh")
+    data["launch"].update(hostfile=str(hostfile), multinode="pdsh", master_addr="node-a")
     monkeypatch.setenv("PATH", str(tmp_path))  # no pdsh here
     with pytest.raises(ValueError, match="launch.multinode=pdsh needs `pdsh` on this machine"):
         run(data)

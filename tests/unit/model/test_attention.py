@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from orchestrator.config.model import get_model
-from orchestrator.model.attention import AttentionMasks, CausalSelfAttention, KVCache
+from orchestrator.model.attention import AttentionMasks, CausalSelfAttention, KVCache, visible_keys
 from orchestrator.model.gpt import GPT
 from orchestrator.model.params import init_parameters, param_shards
 
@@ -102,3 +102,51 @@ def test_a_preallocated_cache_is_written_in_place_and_decodes_like_a_growing_one
 def test_a_mask_that_does_not_cover_cache_and_input_is_refused():
     with pytest.raises(ValueError, match="covers 5 tokens but the cache holds 4 and the input 2"):
         AttentionMasks.build(q_len=2, past=4, attention_mask=torch.ones(1, 5), window=None, device=torch.device("cpu"))
+
+
+def forward_with_masks(gpt: GPT, ids: torch.Tensor, masks: AttentionMasks, positions=None) -> torch.Tensor:
+    """GPT.forward with the masks given instead of built (the logits, no cache)."""
+    x = gpt.embed(ids, position_ids=positions, past=0)
+    for block in gpt.h:
+        x, _ = block(x, masks=masks)
+    return gpt.wte.logits(gpt.ln_f(x))
+
+
+def padding_mask(kind: str, batch: int = 3, seq: int = 20) -> torch.Tensor:
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    for row, pad in enumerate((0, 4, 9)[:batch]):
+        if pad and kind == "right":
+            mask[row, seq - pad:] = 0
+        elif pad and kind == "left":
+            mask[row, :pad] = 0
+    return mask
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-local"])
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+def test_the_shared_additive_masks_give_the_boolean_mask_outputs_on_every_real_token(preset, padding):
+    gpt = model(preset, local_window=5) if preset == "tiny-local" else model(preset)
+    ids, mask = torch.randint(1, 2048, (3, 20)), padding_mask(padding)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0) if padding == "left" else None
+    window = gpt.config.local_window if gpt.config.attention == "alternating" else None
+    boolean = AttentionMasks(*visible_keys(q_len=20, past=0, attention_mask=mask, window=window,
+                                           device=ids.device))                # the path before: bool per layer
+    expected = forward_with_masks(gpt, ids, boolean, positions)
+    got = gpt(ids, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-5, rtol=0)
+
+
+def test_no_padding_and_right_padding_take_the_is_causal_path_and_left_padding_one_additive_mask():
+    build = lambda mask, window=None, dtype=torch.float32: AttentionMasks.build(   # noqa: E731
+        q_len=20, past=0, attention_mask=mask, window=window, device=torch.device("cpu"), dtype=dtype)
+    assert build(None).dense is None and build(padding_mask("right")).dense is None
+    left = build(padding_mask("left"), window=5, dtype=torch.bfloat16)
+    assert left.dense.dtype == left.local.dtype == torch.bfloat16         # no bool → float per layer
+    assert left.dense.shape == (3, 1, 20, 20)
+    boolean, band = visible_keys(q_len=20, past=0, attention_mask=padding_mask("left"), window=5,
+                                 device=torch.device("cpu"))
+    assert torch.equal(left.dense == 0, boolean) and torch.equal(left.local == 0, band)
+    assert torch.isinf(left.dense[~boolean]).all()
+    right_local = build(padding_mask("right"), window=5).local           # windows still need the band
+    assert right_local is not None and right_local.shape == (3, 1, 20, 20)
