@@ -58,12 +58,25 @@ def build_moe_ffn(config: GPTConfig, *, ep_size: int) -> nn.Module:
     _use_gloo_safe_token_gather()
     if config.top_k > 2:
         raise ValueError(f"model {config.name}: top_k={config.top_k}: DeepSpeed's MoE gate routes to 1 or 2 experts")
-    return MoEFeedForward(
+    ffn = MoEFeedForward(
         hidden_size=config.d_model, expert=ExpertMLP(config), num_experts=config.n_experts, ep_size=ep_size,
         k=config.top_k, capacity_factor=config.capacity_factor, eval_capacity_factor=config.capacity_factor,
         min_capacity=4, drop_tokens=True, use_rts=False, noisy_gate_policy=None,
         top2_2nd_expert_sampling=False, enable_expert_tensor_parallelism=True,
     )
+    ffn.register_state_dict_post_hook(_drop_empty_extra_state)
+    return ffn
+
+
+def _drop_empty_extra_state(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """Megatron's tensor-parallel linears put ``_extra_state: None`` in their state dict (TE
+    compatibility); DeepSpeed's per-expert checkpoint (``_save_moe_checkpoint``) clones every
+    expert entry and fails on it once the experts are split over tp. The entry carries nothing, and
+    Megatron's own load pre-hook puts it back (``state_dict.setdefault(prefix + "_extra_state")``)."""
+    empty = [key for key, value in state_dict.items()
+             if key.startswith(prefix) and key.endswith("_extra_state") and value is None]
+    for key in empty:
+        del state_dict[key]
 
 
 def _use_gloo_safe_token_gather() -> None:
