@@ -26,9 +26,10 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
-from benchmarks.common import (SavedTensorMeter, machine_info, markdown_table, run_ranks, today, write_section)
+from benchmarks.common import (CPU_FP32, SavedTensorMeter, Target, add_target_arguments, machine_info,
+                               markdown_table, parse_target, run_ranks, today, write_section)
 from orchestrator.config.model import GPTConfig
 from orchestrator.config.run import OptimConfig
 from orchestrator.plan.layout import Layout
@@ -146,8 +147,9 @@ def micro_batches(count: int) -> list[dict]:
     return [{"input_ids": b[:, :-1], "labels": b[:, 1:]} for b in blocks]
 
 
-def stage_worker(pp: int, counts: list[int], steps: int, warmup: int) -> list[dict]:
-    """One rank (= one stage): for each m, ``warmup + steps`` optimizer steps; rank 0 returns all stages' passes."""
+def stage_worker(pp: int, counts: list[int], steps: int, warmup: int, device: str, precision: str) -> list[dict]:
+    """One rank (= one stage) on ``device`` in ``precision``: for each m, ``warmup + steps`` optimizer
+    steps; rank 0 returns all stages' passes."""
     import gc
 
     import torch.distributed as dist
@@ -156,7 +158,8 @@ def stage_worker(pp: int, counts: list[int], steps: int, warmup: int) -> list[di
 
     results = []
     for m in counts:
-        runtime = build_runtime(PIPE_MODEL, Layout(pp=pp, micro_batch=1, grad_accum=m), OPTIM, total_steps=1000, seed=0)
+        runtime = build_runtime(PIPE_MODEL, Layout(pp=pp, micro_batch=1, grad_accum=m), OPTIM, total_steps=1000, seed=0,
+                                precision=precision, device_type=device)
         recorder, data, steps_seen = PassRecorder(runtime.engine), micro_batches(m), []
         for step in range(warmup + steps):
             dist.barrier()
@@ -266,12 +269,13 @@ READING = """How to read it:
 """
 
 
-def report(rows: list[dict], *, command: str, steps: int) -> str:
+def report(rows: list[dict], *, command: str, steps: int, target: Target = CPU_FP32) -> str:
     machine = machine_info()
     return "\n".join([
-        HEADING, "",
+        target.heading(HEADING), "",
         f"DeepSpeed's 1F1B `TrainSchedule` through `build_runtime` (`Layout(pp=P, micro_batch=1, grad_accum=m)`), "
-        f"fp32, gloo ranks on this CPU, one thread each. Model: {PIPE_MODEL.n_layers} layers, d_model "
+        f"{target.precision}, " + ("gloo ranks on this CPU, one thread each" if target.device == "cpu" else
+                                   "NCCL ranks, one GPU each") + f". Model: {PIPE_MODEL.n_layers} layers, d_model "
         f"{PIPE_MODEL.d_model}, {PIPE_MODEL.n_heads} heads, vocab {PIPE_MODEL.vocab}, sequence {SEQ}, "
         f"dropout {PIPE_MODEL.dropout}. Medians of {steps} measured steps after a warm-up step.", "",
         "```bash", command, "```", "",
@@ -282,22 +286,33 @@ def report(rows: list[dict], *, command: str, steps: int) -> str:
         memory_table(rows), "", READING])
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, Target]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pp", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--micro-batches", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    add_target_arguments(parser)
     parser.add_argument("--write", help="replace this benchmark's section of that Markdown file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    return args, parse_target(parser, args, ranks=max(args.pp))
+
+
+def stage_args(pp: int, args: argparse.Namespace, target: Target) -> tuple:
+    """What ``stage_worker`` is launched with on each of the ``pp`` ranks."""
+    return (pp, args.micro_batches, args.steps, args.warmup, target.device, target.precision)
+
+
+def main() -> None:
+    args, target = parse_args()
     rows = []
     for pp in args.pp:
-        runs = run_ranks(stage_worker, world=pp, args=(pp, args.micro_batches, args.steps, args.warmup))
+        runs = run_ranks(stage_worker, world=pp, args=stage_args(pp, args, target))
         rows += [summarise(run) for run in runs]
     command = (f".venv/bin/python -m benchmarks.pipeline_bubble --pp {' '.join(map(str, args.pp))} --micro-batches "
-               f"{' '.join(map(str, args.micro_batches))} --steps {args.steps} --warmup {args.warmup}"
+               f"{' '.join(map(str, args.micro_batches))} --steps {args.steps} --warmup {args.warmup} {target.flags}"
                + (f" --write {args.write}" if args.write else ""))
-    section = report(rows, command=command, steps=args.steps)
+    section = report(rows, command=command, steps=args.steps, target=target)
     print(section)
     if args.write:
         from pathlib import Path
