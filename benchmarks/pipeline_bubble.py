@@ -147,6 +147,13 @@ def micro_batches(count: int) -> list[dict]:
     return [{"input_ids": b[:, :-1], "labels": b[:, 1:]} for b in blocks]
 
 
+def pipe_layout(pp: int, m: int, precision: str) -> Layout:
+    """PP = ``pp``, ``m`` micro-batches of one sequence. bf16 takes ZeRO-1, the stage the validator
+    asks for so DeepSpeed accumulates the m micro-batches' gradients in fp32 (at dp 1 it partitions
+    nothing: the same memory as ZeRO-0)."""
+    return Layout(pp=pp, micro_batch=1, grad_accum=m, zero_stage=1 if precision == "bf16" else 0)
+
+
 def stage_worker(pp: int, counts: list[int], steps: int, warmup: int, device: str, precision: str) -> list[dict]:
     """One rank (= one stage) on ``device`` in ``precision``: for each m, ``warmup + steps`` optimizer
     steps; rank 0 returns all stages' passes."""
@@ -158,7 +165,7 @@ def stage_worker(pp: int, counts: list[int], steps: int, warmup: int, device: st
 
     results = []
     for m in counts:
-        runtime = build_runtime(PIPE_MODEL, Layout(pp=pp, micro_batch=1, grad_accum=m), OPTIM, total_steps=1000, seed=0,
+        runtime = build_runtime(PIPE_MODEL, pipe_layout(pp, m, precision), OPTIM, total_steps=1000, seed=0,
                                 precision=precision, device_type=device)
         recorder, data, steps_seen = PassRecorder(runtime.engine), micro_batches(m), []
         for step in range(warmup + steps):
@@ -170,32 +177,36 @@ def stage_worker(pp: int, counts: list[int], steps: int, warmup: int, device: st
                 steps_seen.append({"start": start, "peak_bytes": peak, "passes": [vars(p) for p in passes]})
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (runtime.state.pp_rank, steps_seen))
-        results.append({"pp": pp, "m": m, "stages": [s for _, s in sorted(gathered, key=lambda item: item[0])]})
+        results.append({"pp": pp, "m": m, "device": device, "precision": precision,
+                        "stages": [s for _, s in sorted(gathered, key=lambda item: item[0])]})
         del runtime, recorder
         gc.collect()
     return results
 
 
 # --- planner and report ------------------------------------------------------------------------
-def planned_activation_bytes(pp: int, m: int, stage: int) -> float:
+def planned_activation_bytes(pp: int, m: int, stage: int, *, device: str = "cpu", precision: str = "fp32") -> float:
     """The planner's activations for the first and last stage; a middle stage s holds p − s
-    micro-batches (Narayanan et al. 2021, §2.2.1) of Korthikanti's per-layer bytes (fp32 here, with
-    the CPU's 4-byte dropout masks)."""
+    micro-batches (Narayanan et al. 2021, §2.2.1) of Korthikanti's per-layer bytes, at the
+    precision's width (4 bytes fp32, 2 bf16) with the device's dropout masks (``dropout_mask_bytes``:
+    the activations' width on a CPU, 1 byte on CUDA)."""
     from orchestrator.plan.activations import (dropout_mask_bytes, layer_bytes, layer_mask_elements,
                                                stage_activation_bytes)
     from orchestrator.plan.partition import layers_per_stage
 
+    width = 2 if precision == "bf16" else 4
     layout = Layout(pp=pp, dp=1, micro_batch=1, grad_accum=m)
     counts = layers_per_stage(PIPE_MODEL.n_layers, pp)
     first = sum(counts[:stage])
     layers = range(first, first + counts[stage])
-    mask_bytes = dropout_mask_bytes("cpu", 4)
+    mask_bytes = dropout_mask_bytes(device, width)
     if stage in (0, pp - 1):
         name = "first" if stage == 0 else "last"
-        return stage_activation_bytes(PIPE_MODEL, layout, seq=SEQ, stage=name, layers=layers, activation_bytes=4,
+        return stage_activation_bytes(PIPE_MODEL, layout, seq=SEQ, stage=name, layers=layers, activation_bytes=width,
                                       mask_bytes=mask_bytes)
     shape = dict(seq=SEQ, micro_batch=1, tp=1, sequence_parallel=False, recompute="none")
-    per_layer = layer_bytes(PIPE_MODEL, **shape) * 4 / 2 + layer_mask_elements(PIPE_MODEL, **shape) * (mask_bytes - 2)
+    per_layer = (layer_bytes(PIPE_MODEL, **shape) * width / 2
+                 + layer_mask_elements(PIPE_MODEL, **shape) * (mask_bytes - width / 2))
     return per_layer * len(layers) * min(pp - stage, m)
 
 
@@ -218,7 +229,8 @@ def summarise(run: dict) -> dict:
                 in_flight=[peak_in_flight([p.kind for p in stage]) for stage in last],
                 first_forward_bytes=[stage[0].live_bytes for stage in last],
                 peak_bytes=[max(stage[step]["peak_bytes"] for step in range(steps)) for stage in stages],
-                planned_bytes=[planned_activation_bytes(pp, m, s) for s in range(pp)])
+                planned_bytes=[planned_activation_bytes(pp, m, s, device=run.get("device", "cpu"),
+                                                        precision=run.get("precision", "fp32")) for s in range(pp)])
 
 
 def fmt(values: Sequence[float], pattern: str = "{:.2f}") -> str:
@@ -273,7 +285,8 @@ def report(rows: list[dict], *, command: str, steps: int, target: Target = CPU_F
     machine = machine_info()
     return "\n".join([
         target.heading(HEADING), "",
-        f"DeepSpeed's 1F1B `TrainSchedule` through `build_runtime` (`Layout(pp=P, micro_batch=1, grad_accum=m)`), "
+        f"DeepSpeed's 1F1B `TrainSchedule` through `build_runtime` (`Layout(pp=P, micro_batch=1, grad_accum=m"
+        + (", zero_stage=1" if target.precision == "bf16" else "") + ")`), "
         f"{target.precision}, " + ("gloo ranks on this CPU, one thread each" if target.device == "cpu" else
                                    "NCCL ranks, one GPU each") + f". Model: {PIPE_MODEL.n_layers} layers, d_model "
         f"{PIPE_MODEL.d_model}, {PIPE_MODEL.n_heads} heads, vocab {PIPE_MODEL.vocab}, sequence {SEQ}, "
