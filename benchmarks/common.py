@@ -3,9 +3,12 @@ Markdown tables, and local torch.distributed ranks started from one script.
 
 Each benchmark prints its section and, with ``--write BENCHMARKS.md``, replaces only its own
 ``## `` section of that file (or appends it), so ``make bench`` regenerates every section in place.
+Each that trains or generates takes ``--device`` and ``--precision`` (``add_target_arguments``) and
+runs every contender on that one device in that one precision.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -18,6 +21,63 @@ from typing import Any, Callable, Sequence
 
 from orchestrator.config.cluster import cpu_model
 from orchestrator.engine.launch.ports import free_port  # noqa: F401  (re-exported for the benchmarks)
+
+
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where (``cpu``, or ``cuda``: one GPU per rank) and in what precision every contender runs."""
+
+    device: str
+    precision: str
+
+    @property
+    def flags(self) -> str:
+        """The command-line flags that choose this target, for a section's command line."""
+        return f"--device {self.device} --precision {self.precision}"
+
+    def heading(self, heading: str) -> str:
+        """A section's heading for this target: as is for cpu fp32 (the sections BENCHMARKS.md has),
+        else its own, so ``--write`` for another target adds a section beside it instead of replacing it."""
+        if (self.device, self.precision) == ("cpu", "fp32"):     # CPU_FP32
+            return heading
+        return f"{heading} ({self.device}, {self.precision})"
+
+
+CPU_FP32 = Target("cpu", "fp32")
+"""The default target, and the one the sections in BENCHMARKS.md were measured on."""
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``: every contender of the benchmark runs on the one chosen."""
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where every contender runs: cpu, or cuda (one GPU per rank) (default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="what every contender computes in (default: %(default)s)")
+
+
+def parse_target(parser: argparse.ArgumentParser, args: argparse.Namespace, *, ranks: int = 1) -> Target:
+    """The parsed target, refused (``parser.error``: exit 2, before any process starts) when it asks
+    for cuda and this process sees fewer than ``ranks`` GPUs (``visible_gpus``)."""
+    if args.device == "cuda":
+        visible = visible_gpus()
+        if visible == 0:
+            parser.error("--device cuda, but torch sees no GPU (torch.cuda.is_available() is False): run on a "
+                         "machine with a CUDA GPU and a CUDA build of torch, or use --device cpu")
+        if ranks > visible:
+            parser.error(f"--device cuda runs one rank per GPU: {ranks} ranks asked for but {visible} GPU(s) "
+                         f"visible; ask for at most {visible} ranks, or use --device cpu")
+    return Target(device=args.device, precision=args.precision)
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process sees (0 on a CPU build of torch)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,11 @@ and 2) against plain PyTorch ``DistributedDataParallel``, measured side by side 
 
     .venv/bin/python -m benchmarks.dp_scaling --ranks 1 2 4 --steps 4 --write BENCHMARKS.md
 
-Weak scaling: every rank trains the same micro-batch (``gpt-25m`` at sequence 128, batch 4, fp32),
-so the global batch grows with the ranks. One torch thread per rank. In every process, three
+Weak scaling: every rank trains the same micro-batch (``gpt-25m`` at sequence 128, batch 4), so the
+global batch grows with the ranks. Every contender runs on ``--device`` (cpu: gloo; cuda: one GPU
+per rank, NCCL) in ``--precision``: fp32, or bf16 (ours: DeepSpeed's bf16 engine with fp32 master
+weights; DDP: fp32 weights under ``torch.autocast`` bf16, as the training-throughput benchmark's
+plain contender). One torch thread per rank. In every process, three
 contenders train the same model from the same initial weights:
 
 - ``ours ZeRO-0`` / ``ours ZeRO-2``: ``build_runtime(..., Layout(dp=N, zero_stage=Z))`` →
@@ -28,9 +31,10 @@ import itertools
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
-from benchmarks.common import MachineInfo, machine_info, markdown_table, run_ranks, today, write_section
+from benchmarks.common import (CPU_FP32, MachineInfo, Target, add_target_arguments, machine_info, markdown_table,
+                               parse_target, run_ranks, today, write_section)
 from orchestrator.config.model import get_model
 from orchestrator.config.run import OptimConfig
 
@@ -42,6 +46,9 @@ TOTAL_STEPS = 1000
 CONTENDERS = ("ours ZeRO-0", "ours ZeRO-2", "DDP")
 PEER = "DDP"
 CHECK_SEED = 1234
+TOLERANCE = {"fp32": dict(rtol=1e-5, atol=1e-6), "bf16": dict(rtol=2**-7, atol=1e-3)}
+"""How close one step leaves every contender's weights to the peer's: fp32 to rounding; bf16 to
+bf16's resolution (ours keeps bf16 weights beside its fp32 master, DDP keeps fp32 ones)."""
 MB = 1e6
 
 
@@ -155,7 +162,7 @@ class Stopwatch:
         return seconds
 
 
-def ours(zero_stage: int, ranks: int):
+def ours(zero_stage: int, ranks: int, target: Target):
     """Our runtime's step, its GPT module and a stopwatch on DeepSpeed's gradient reduction: the
     engine's ``allreduce_gradients`` (ZeRO-0: flatten, all-reduce, copy back); under ZeRO-2 also the
     bucket reductions run from backward hooks and the all-gather of updated partitions in ``step``.
@@ -164,7 +171,8 @@ def ours(zero_stage: int, ranks: int):
     from orchestrator.plan.layout import Layout
 
     layout = Layout(dp=ranks, micro_batch=MICRO_BATCH, grad_accum=1, zero_stage=zero_stage)
-    runtime = build_runtime(MODEL, layout, OPTIM, total_steps=TOTAL_STEPS, seed=0)
+    runtime = build_runtime(MODEL, layout, OPTIM, total_steps=TOTAL_STEPS, seed=0, precision=target.precision,
+                            device_type=target.device)
     stopwatch = Stopwatch()
     stopwatch.wrap(runtime.engine, "allreduce_gradients")
     if zero_stage >= 1:
@@ -175,8 +183,20 @@ def ours(zero_stage: int, ranks: int):
     return (lambda batch: runtime.train_step([batch]).loss), runtime.engine.module, stopwatch
 
 
-def ddp():
-    """Plain PyTorch DDP: forward, lm_loss, backward (DDP all-reduces bucket by bucket), clip, fused AdamW."""
+def rank_device(target: Target):
+    """This rank's device: the CPU, or GPU ``LOCAL_RANK`` (as ``build_runtime`` picks it)."""
+    import os
+
+    import torch
+
+    return torch.device("cpu") if target.device == "cpu" else torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+
+
+def ddp(target: Target):
+    """Plain PyTorch DDP on the target's device: forward (under bf16 autocast for bf16), lm_loss,
+    backward (DDP all-reduces bucket by bucket), clip, fused AdamW."""
+    import contextlib
+
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
@@ -185,9 +205,13 @@ def ddp():
     from orchestrator.model.loss import lm_loss
     from orchestrator.model.params import init_parameters, param_shards
 
+    device = rank_device(target)
     model = GPT(MODEL)
     init_parameters(param_shards(model), config=MODEL, seed=0)
-    wrapped = DistributedDataParallel(model)
+    model.to(device)
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if target.precision == "bf16"
+                else contextlib.nullcontext)
     groups = parameter_groups(model, weight_decay=OPTIM.weight_decay)   # torch param groups: decay matrices only
     optimizer = torch.optim.AdamW(groups, lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2), eps=OPTIM.eps,
                                   weight_decay=OPTIM.weight_decay, fused=True)
@@ -197,7 +221,10 @@ def ddp():
         nonlocal steps_done
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(steps_done, optim=OPTIM, total_steps=TOTAL_STEPS)
-        loss = lm_loss(wrapped(batch["input_ids"]).logits, batch["labels"])
+        batch = {key: value.to(device) for key, value in batch.items()}
+        with autocast():
+            logits = wrapped(batch["input_ids"]).logits
+        loss = lm_loss(logits.float(), batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
         optimizer.step()
@@ -217,7 +244,8 @@ def rank_batches(rank: int, count: int) -> list[dict]:
     return [{"input_ids": b[:, :-1], "labels": b[:, 1:]} for b in blocks]
 
 
-def check_equal_work(steps: dict[str, Callable], modules: dict, batch: dict, *, rank: int) -> float:
+def check_equal_work(steps: dict[str, Callable], modules: dict, batch: dict, *, rank: int,
+                     precision: str = "fp32") -> float:
     """One step of every contender on the same batch with the same dropout masks; every module must
     then hold the peer's weights on every rank. Returns the largest difference (all ranks)."""
     import torch
@@ -230,11 +258,12 @@ def check_equal_work(steps: dict[str, Callable], modules: dict, batch: dict, *, 
     worst, failures = 0.0, []
     for name in CONTENDERS:
         for param_name, param in modules[name].named_parameters():
-            diff = (param.detach() - peer[param_name].detach()).abs().max().item()
+            mine, theirs = param.detach().float(), peer[param_name].detach().float()
+            diff = (mine - theirs).abs().max().item()
             worst = max(worst, diff)
-            if not torch.allclose(param, peer[param_name], rtol=1e-5, atol=1e-6):
+            if not torch.allclose(mine, theirs, **TOLERANCE[precision]):
                 failures.append(f"{name} {param_name} (max |diff| {diff:.2e})")
-    flags = torch.tensor([float(len(failures)), worst])
+    flags = torch.tensor([float(len(failures)), worst], device=next(modules[PEER].parameters()).device)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     if flags[0] > 0:
         raise RuntimeError(f"after one step on the same data the contenders' weights differ (rank {rank}: "
@@ -243,35 +272,40 @@ def check_equal_work(steps: dict[str, Callable], modules: dict, batch: dict, *, 
     return float(flags[1])
 
 
-def allreduce_alone_seconds(numel: int, repeats: int = 3) -> float:
-    """Median wall time of one gloo all-reduce of ``numel`` fp32 elements over the world, between barriers."""
+def allreduce_alone_seconds(numel: int, repeats: int = 3, device: str = "cpu") -> float:
+    """Median wall time of one all-reduce (gloo, or NCCL on GPUs) of ``numel`` fp32 elements over the
+    world, between barriers."""
     import torch
     import torch.distributed as dist
 
-    buffer, times = torch.ones(numel), []
+    buffer, times = torch.ones(numel, device=device), []
     for _ in range(repeats + 1):
         dist.barrier()
         start = time.perf_counter()
         dist.all_reduce(buffer)
+        if buffer.is_cuda:
+            torch.cuda.synchronize(buffer.device)
         dist.barrier()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
 
-def rank_worker(ranks: int, steps: int, warmup: int) -> dict:
-    """One rank: build the three contenders, check equal work, then ``warmup + steps`` turns."""
+def rank_worker(ranks: int, steps: int, warmup: int, device: str = "cpu", precision: str = "fp32") -> dict:
+    """One rank: build the three contenders on ``device`` in ``precision``, check equal work, then
+    ``warmup + steps`` turns."""
     import gc
 
     import torch.distributed as dist
 
-    built = {"ours ZeRO-0": ours(0, ranks), "ours ZeRO-2": ours(2, ranks)}
+    target = Target(device=device, precision=precision)
+    built = {"ours ZeRO-0": ours(0, ranks, target), "ours ZeRO-2": ours(2, ranks, target)}
     step_fns = {name: fn for name, (fn, _, _) in built.items()}
     modules = {name: module for name, (_, module, _) in built.items()}
     stopwatches = {name: watch for name, (_, _, watch) in built.items()}
-    step_fns[PEER], modules[PEER] = ddp()
+    step_fns[PEER], modules[PEER] = ddp(target)
     rank = dist.get_rank()
     data = rank_batches(rank, 4)
-    max_diff = check_equal_work(step_fns, modules, data[0], rank=rank)
+    max_diff = check_equal_work(step_fns, modules, data[0], rank=rank, precision=precision)
     wall = {name: [] for name in CONTENDERS}
     cpu = {name: [] for name in CONTENDERS}
     reduce = {name: [] for name in stopwatches}
@@ -294,7 +328,8 @@ def rank_worker(ranks: int, steps: int, warmup: int) -> dict:
     dist.all_gather_object(gathered, cpu)
     per_turn_cpu = {name: [[c[name][t] for c in gathered] for t in range(steps)] for name in CONTENDERS}
     return dict(ranks=ranks, tokens_per_step=ranks * MICRO_BATCH * SEQ, wall=wall, cpu=per_turn_cpu,
-                reduce=reduce, allreduce_alone_s=allreduce_alone_seconds(numel), gradient_elements=numel,
+                reduce=reduce, allreduce_alone_s=allreduce_alone_seconds(numel, device=str(rank_device(target))),
+                gradient_elements=numel,
                 max_weight_diff=max_diff)
 
 
@@ -328,16 +363,18 @@ def reading(rows: Sequence[dict], *, cores: int) -> str:
     return " ".join(parts)
 
 
-def report(runs: dict[int, dict], *, machine: MachineInfo, command: str, steps: int, warmup: int) -> str:
+def report(runs: dict[int, dict], *, machine: MachineInfo, command: str, steps: int, warmup: int,
+           target: Target = CPU_FP32) -> str:
     """The section; ``machine`` is read before the runs (the ranks themselves add to the load)."""
     rows = summarise(runs, cores=machine.cores)
     any_run = next(iter(runs.values()))
     gradient_mb = any_run["gradient_elements"] * 4 / MB
     worst = max(run["max_weight_diff"] for run in runs.values())
     return "\n".join([
-        HEADING, "",
-        f"Weak scaling on gloo ranks of this CPU, one torch thread per rank: preset `{MODEL.name}` "
-        f"({MODEL.params() / 1e6:.1f}M parameters), sequence {SEQ}, micro-batch {MICRO_BATCH} per rank, fp32, "
+        target.heading(HEADING), "",
+        f"Weak scaling on {'gloo ranks of this CPU' if target.device == 'cpu' else 'NCCL ranks, one GPU each'}, "
+        f"one torch thread per rank: preset `{MODEL.name}` ({MODEL.params() / 1e6:.1f}M parameters), sequence "
+        f"{SEQ}, micro-batch {MICRO_BATCH} per rank, {target.precision} (every contender), "
         f"AdamW (fused), clipping {OPTIM.grad_clip}. Ours: `build_runtime` with `Layout(dp=N, zero_stage=0 | 2)` "
         f"and `Runtime.train_step`; DDP: the same `GPT` in `DistributedDataParallel`, `AdamW(fused=True)` over the "
         f"same parameter groups, `clip_grad_norm_`. After one step on the same data and dropout masks all three "
@@ -362,19 +399,30 @@ def report(runs: dict[int, dict], *, machine: MachineInfo, command: str, steps: 
         reading(rows, cores=machine.cores), ""])
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, Target]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--steps", type=int, default=4, help="measured turns (each contender one step per turn)")
     parser.add_argument("--warmup", type=int, default=1)
+    add_target_arguments(parser)
     parser.add_argument("--write", type=Path, help="replace this benchmark's section of that Markdown file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    return args, parse_target(parser, args, ranks=max(args.ranks))
+
+
+def worker_args(ranks: int, args: argparse.Namespace, target: Target) -> tuple:
+    """What ``rank_worker`` is launched with on each of ``ranks`` ranks."""
+    return (ranks, args.steps, args.warmup, target.device, target.precision)
+
+
+def main() -> None:
+    args, target = parse_args()
     machine = machine_info()
-    runs = {ranks: run_ranks(rank_worker, world=ranks, args=(ranks, args.steps, args.warmup))
-            for ranks in args.ranks}
+    runs = {ranks: run_ranks(rank_worker, world=ranks, args=worker_args(ranks, args, target)) for ranks in args.ranks}
     command = (f".venv/bin/python -m benchmarks.dp_scaling --ranks {' '.join(map(str, args.ranks))} "
-               f"--steps {args.steps} --warmup {args.warmup}" + (f" --write {args.write}" if args.write else ""))
-    section = report(runs, machine=machine, command=command, steps=args.steps, warmup=args.warmup)
+               f"--steps {args.steps} --warmup {args.warmup} {target.flags}"
+               + (f" --write {args.write}" if args.write else ""))
+    section = report(runs, machine=machine, command=command, steps=args.steps, warmup=args.warmup, target=target)
     print(section)
     if args.write:
         write_section(args.write, section)

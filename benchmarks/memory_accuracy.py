@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.memory_accuracy --write BENCHMARKS.md
 
 For the ``tiny`` and ``gpt-25m`` presets, ZeRO 0 on one rank and ZeRO 1, 2, 3 on one and two gloo
-ranks, ``build_runtime`` builds the engine exactly as a phase does (fp32 on CPU) and trains two
+ranks, ``build_runtime`` builds the engine exactly as a phase does (on ``--device`` in
+``--precision``: fp32 on the CPU by default) and trains two
 steps. At the start of the second optimizer step — gradients reduced, Adam moments allocated: the
 model states' peak — every tensor reachable from the engine is found (module parameters and their
 ZeRO-3 partitions, ``.grad`` of the model and of the optimizer's fp32 partitions, optimizer state,
@@ -16,9 +17,10 @@ DeepSpeed's flat buffers and buckets; each storage counted once) and classed:
   reduction is holding when it returns, and everything else the engine holds;
 - activations: the saved-for-backward tensors of a micro-batch at their peak (``SavedTensorMeter``).
 
-The planner's figure is ``estimate_memory`` for the same layout (fp32, DeepSpeed accounting, a
-``cpu`` cluster of as many ranks), whose buffers include the ``cpu`` preset's 0.5 GiB framework
-reserve; that reserve is left out of the comparison (nothing in the engine corresponds to it).
+The planner's figure is ``estimate_memory`` for the same layout and precision (DeepSpeed accounting, a
+``cpu`` cluster of as many ranks, or ``h100-80g`` for ``--device cuda``), whose buffers include the
+preset's framework reserve (0.5 GiB for ``cpu``); that reserve is left out of the comparison (nothing
+in the engine corresponds to it).
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ import dataclasses
 import gc
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
-from benchmarks.common import SavedTensorMeter, machine_info, markdown_table, run_ranks, today, write_section
+from benchmarks.common import (CPU_FP32, SavedTensorMeter, Target, add_target_arguments, machine_info,
+                               markdown_table, parse_target, run_ranks, today, write_section)
 
 HEADING = "## Planner memory vs measured (ZeRO 0-3)"
 SHAPES = {"tiny": (128, 4), "gpt-25m": (256, 4)}  # preset -> (sequence, micro-batch)
@@ -231,8 +234,8 @@ class _Restore:
         setattr(self.owner, self.name, self.original)
 
 
-def attention_is_fused(preset: str) -> bool:
-    """Whether SDPA runs a fused kernel for this model in training on this device (no s × s
+def attention_is_fused(preset: str, *, device: str = "cpu", precision: str = "fp32") -> bool:
+    """Whether SDPA runs a fused kernel for this model in training on ``device`` in ``precision`` (no s × s
     scores kept: CPU's flash kernel without dropout, CUDA's flash / memory-efficient kernels),
     read from the autograd graph of one forward."""
     import torch
@@ -241,8 +244,9 @@ def attention_is_fused(preset: str) -> bool:
     from orchestrator.model.gpt import GPT
 
     config = get_model(preset)
-    model = GPT(config).train()     # parameters left uninitialised: only the graph's kernels matter
-    ids = torch.zeros(1, min(16, config.ctx), dtype=torch.long)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = GPT(config).train().to(device=device, dtype=dtype)   # uninitialised: only the graph's kernels matter
+    ids = torch.zeros(1, min(16, config.ctx), dtype=torch.long, device=device)
     seen: dict[int, object] = {}   # holds the node wrappers, so their ids are not reused while walking
     stack = [model(ids).logits.grad_fn]
     while stack:
@@ -254,8 +258,9 @@ def attention_is_fused(preset: str) -> bool:
     return any("Flash" in node.name() or "Efficient" in node.name() for node in seen.values())
 
 
-def measure_case(preset: str, zero: int) -> dict:
-    """This rank's peak bytes per part for ``preset`` under ZeRO ``zero`` (all ranks call it)."""
+def measure_case(preset: str, zero: int, *, device: str = "cpu", precision: str = "fp32") -> dict:
+    """This rank's peak bytes per part for ``preset`` under ZeRO ``zero`` on ``device`` in
+    ``precision`` (all ranks call it)."""
     import torch
 
     from orchestrator.config.model import get_model
@@ -266,7 +271,8 @@ def measure_case(preset: str, zero: int) -> dict:
     seq, micro_batch = SHAPES[preset]
     config = get_model(preset)
     runtime = build_runtime(config, Layout(zero_stage=zero, micro_batch=micro_batch, grad_accum=1),
-                            OptimConfig(lr=1e-4, warmup_steps=0), total_steps=10, seed=0)
+                            OptimConfig(lr=1e-4, warmup_steps=0), total_steps=10, seed=0, precision=precision,
+                            device_type=device)
     ids = torch.randint(0, config.vocab, (micro_batch, seq + 1), generator=torch.Generator().manual_seed(0))
     batches = [{"input_ids": ids[:, :-1], "labels": ids[:, 1:]}]
     runtime.train_step(batches)                      # step 1 allocates Adam's moments
@@ -284,13 +290,13 @@ def measure_case(preset: str, zero: int) -> dict:
     return result
 
 
-def memory_worker(cases: list[tuple[str, int]]) -> list[dict]:
+def memory_worker(cases: list[tuple[str, int]], device: str = "cpu", precision: str = "fp32") -> list[dict]:
     """Every case on this rank; rank 0 returns each case's largest figure per part over the ranks."""
     import torch.distributed as dist
 
     results = []
     for preset, zero in cases:
-        mine = measure_case(preset, zero)
+        mine = measure_case(preset, zero, device=device, precision=precision)
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, mine)
         merged = {part: max(rank[part] for rank in gathered) for part in PARTS}
@@ -301,8 +307,10 @@ def memory_worker(cases: list[tuple[str, int]]) -> list[dict]:
 
 
 # --- the planner -------------------------------------------------------------------------------
-def planned(preset: str, zero: int, world: int, *, fused_attention: bool) -> dict[str, float]:
-    """``estimate_memory`` for the same job and layout, without the cpu preset's framework reserve.
+def planned(preset: str, zero: int, world: int, *, fused_attention: bool, device: str = "cpu",
+            precision: str = "fp32") -> dict[str, float]:
+    """``estimate_memory`` for the same job, layout and precision, without the device preset's framework
+    reserve (``cpu``, or ``h100-80g`` for a cuda run: the planner's dropout masks follow the device kind).
 
     When SDPA runs fused there are no s × s attention scores to keep: the activations are then
     the planner's selective-recompute figure, which drops exactly Korthikanti's 5·a·s²·b core."""
@@ -313,9 +321,9 @@ def planned(preset: str, zero: int, world: int, *, fused_attention: bool) -> dic
     from orchestrator.plan.memory import estimate_memory
 
     seq, micro_batch = SHAPES[preset]
-    cluster = make_cluster(gpu="cpu", gpus=world)
+    cluster = make_cluster(gpu="cpu" if device == "cpu" else "h100-80g", gpus=world)
     job = Job(model=get_model(preset), cluster=cluster, seq=seq, batch=BatchTarget(micro_batch * world),
-              precision="fp32")
+              precision=precision)
     layout = Layout(zero_stage=zero, micro_batch=micro_batch, grad_accum=1, dp=world)
     b = estimate_memory(layout, job).breakdown
     activations = b.activations
@@ -363,11 +371,13 @@ FINDINGS = """Where the two disagree, and why (read off the engine's tensors, no
 """
 
 
-def report(rows: list[dict], *, command: str) -> str:
+def report(rows: list[dict], *, command: str, target: Target = CPU_FP32) -> str:
     table, notes = [], []
-    fused = {preset: attention_is_fused(preset) for preset in {r["preset"] for r in rows}}
+    fused = {preset: attention_is_fused(preset, device=target.device, precision=target.precision)
+             for preset in {r["preset"] for r in rows}}
     for r in rows:
-        plan = planned(r["preset"], r["zero"], r["world"], fused_attention=fused[r["preset"]])
+        plan = planned(r["preset"], r["zero"], r["world"], fused_attention=fused[r["preset"]], device=target.device,
+                       precision=target.precision)
         states = sum(r[p] for p in PARTS[:3]), sum(plan[p] for p in PARTS[:3])
         cells = [f"{r[p] / MiB:.2f} / {plan[p] / MiB:.2f} ({ratio(r[p], plan[p])})" for p in PARTS]
         table.append([r["preset"], r["zero"], r["world"], *cells,
@@ -379,10 +389,11 @@ def report(rows: list[dict], *, command: str) -> str:
                          + ", ".join(f"`{path}` {size / MiB:.1f} MiB" for path, size in largest))
     kinds = {True: [p for p, f in fused.items() if f], False: [p for p, f in fused.items() if not f]}
     return "\n".join([
-        HEADING, "",
+        target.heading(HEADING), "",
         "Per rank (the largest over ranks), MiB measured / planned (ratio). `build_runtime` as the phases use it "
-        "(fp32, the planner's buckets); the planner's `estimate_memory` with `precision=\"fp32\"` and the "
-        "DeepSpeed accounting, without the `cpu` preset's 0.5 GiB framework reserve. "
+        f"({target.device}, {target.precision}, the planner's buckets); the planner's `estimate_memory` with "
+        f"`precision=\"{target.precision}\"` and the DeepSpeed accounting, without the device preset's "
+        "framework reserve. "
         + ", ".join(f"`{name}`: sequence {seq}, micro-batch {mb}" for name, (seq, mb) in SHAPES.items())
         + f". Attention kernel: fused for {', '.join(kinds[True]) or 'none'}, unfused for "
           f"{', '.join(kinds[False]) or 'none'}.", "",
@@ -393,16 +404,29 @@ def report(rows: list[dict], *, command: str) -> str:
         "Buffers of 1 MiB or more, by where the engine holds them:", "", *(notes or ["- none"]), ""])
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, Target]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    add_target_arguments(parser)
     parser.add_argument("--write", help="replace this benchmark's section of that Markdown file")
-    args = parser.parse_args()
-    rows = run_ranks(memory_worker, world=1, args=([(m, z) for m in args.models for z in (0, 1, 2, 3)],))
-    rows += run_ranks(memory_worker, world=2, args=([(m, z) for m in args.models for z in (1, 2, 3)],))
-    command = (f".venv/bin/python -m benchmarks.memory_accuracy --models {' '.join(args.models)}"
+    args = parser.parse_args(argv)
+    return args, parse_target(parser, args, ranks=2)
+
+
+def launches(args: argparse.Namespace, target: Target) -> list[tuple[int, tuple]]:
+    """(ranks, ``memory_worker`` arguments) of each job: every case on one rank, then ZeRO ≥ 1 on two."""
+    one = [(m, z) for m in args.models for z in (0, 1, 2, 3)]
+    two = [(m, z) for m in args.models for z in (1, 2, 3)]
+    return [(1, (one, target.device, target.precision)), (2, (two, target.device, target.precision))]
+
+
+def main() -> None:
+    args, target = parse_args()
+    rows = [row for world, worker_args in launches(args, target)
+            for row in run_ranks(memory_worker, world=world, args=worker_args)]
+    command = (f".venv/bin/python -m benchmarks.memory_accuracy --models {' '.join(args.models)} {target.flags}"
                + (f" --write {args.write}" if args.write else ""))
-    section = report(rows, command=command)
+    section = report(rows, command=command, target=target)
     print(section)
     if args.write:
         write_section(Path(args.write), section)

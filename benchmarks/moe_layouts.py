@@ -4,7 +4,8 @@
 
 ``recipes/tiny-moe-3d.yaml``'s model (4 experts, top-2, in both layers) and batch (32 sequences of
 128 per step) on eight gloo ranks, twice: TP2 × PP2 × EP2 (dp 2, 4 micro-batches of 4 per rank)
-and its EP-only layout (dp 8, EP2, one micro-batch of 4 per rank), both ZeRO-1 in fp32. Each
+and its EP-only layout (dp 8, EP2, one micro-batch of 4 per rank), both ZeRO-1, on ``--device``
+(cpu, or cuda: eight GPUs) in ``--precision`` (fp32 by default). Each
 trains ``STEPS`` optimizer steps through ``build_runtime``; the step time is the median of the
 steps after the first (wall clock on rank 0, after a barrier). On a machine with fewer cores than
 ranks the processes time-share: the figures report, they are not tuned.
@@ -22,8 +23,10 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
-from benchmarks.common import machine_info, markdown_table, run_ranks, today, write_section
+from benchmarks.common import (CPU_FP32, Target, add_target_arguments, machine_info, markdown_table, parse_target,
+                               run_ranks, today, write_section)
 
 HEADING = "## MoE on every dimension (tiny MoE, 8 CPU ranks)"
 STEPS = 6
@@ -69,21 +72,25 @@ def state_bytes(runtime) -> dict[str, int]:
     return parts
 
 
-def predicted_bytes(layout, stage: str) -> dict[str, float]:
+RANKS = 8
+
+
+def predicted_bytes(layout, stage: str, target: Target = CPU_FP32) -> dict[str, float]:
     from orchestrator.config.cluster import make_cluster
     from orchestrator.plan.job import BatchTarget, Job
     from orchestrator.plan.memory import rank_model_states
     from orchestrator.plan.partition import stage_params
 
-    job = Job(model=model_config(), cluster=make_cluster(gpu="cpu", gpus=8, gpus_per_node=8), seq=SEQ,
-              batch=BatchTarget(GLOBAL_BATCH), precision="fp32")
+    cluster = make_cluster(gpu="cpu" if target.device == "cpu" else "h100-80g", gpus=RANKS, gpus_per_node=RANKS)
+    job = Job(model=model_config(), cluster=cluster, seq=SEQ, batch=BatchTarget(GLOBAL_BATCH),
+              precision=target.precision)
     rank = stage_params(job.model, tp=layout.tp, pp=layout.pp, ep=layout.ep, stage=stage)
     states = rank_model_states(rank, layout, job)
     return {"params": states.params, "grads": states.grads, "optimizer": states.optimizer}
 
 
-def layout_worker(fields: dict) -> dict:
-    """One layout on this rank: step times (rank 0), and every rank's stage and state bytes."""
+def layout_worker(fields: dict, target: Target = CPU_FP32) -> dict:
+    """One layout on this rank, on the target: step times (rank 0), and every rank's stage and state bytes."""
     import torch
     import torch.distributed as dist
 
@@ -91,12 +98,13 @@ def layout_worker(fields: dict) -> dict:
     from orchestrator.engine.build import build_runtime, init_distributed
     from orchestrator.plan.layout import Layout
 
-    init_distributed(timeout_minutes=10)
+    init_distributed(device_type=target.device, timeout_minutes=10)
     config = model_config()
     probe = Layout(micro_batch=MICRO_BATCH, **fields).resolve(dist.get_world_size())
     layout = Layout(micro_batch=MICRO_BATCH, grad_accum=GLOBAL_BATCH // (MICRO_BATCH * probe.dp),
                     **fields).resolve(dist.get_world_size())
-    runtime = build_runtime(config, layout, OptimConfig(lr=1e-3, warmup_steps=1), total_steps=STEPS, seed=0)
+    runtime = build_runtime(config, layout, OptimConfig(lr=1e-3, warmup_steps=1), total_steps=STEPS, seed=0,
+                            precision=target.precision, device_type=target.device)
     generator = torch.Generator().manual_seed(runtime.state.dp_rank)
     times = []
     for _ in range(STEPS):
@@ -108,7 +116,7 @@ def layout_worker(fields: dict) -> dict:
         dist.barrier()
         times.append(time.perf_counter() - start)
     stage = "only" if layout.pp == 1 else ("first" if runtime.state.is_first_stage else "last")
-    mine = {"stage": stage, "measured": state_bytes(runtime), "predicted": predicted_bytes(layout, stage)}
+    mine = {"stage": stage, "measured": state_bytes(runtime), "predicted": predicted_bytes(layout, stage, target)}
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     from deepspeed.utils import groups
@@ -122,11 +130,12 @@ def layout_worker(fields: dict) -> dict:
             "step_s": statistics.median(times[1:]), "ranks": gathered}
 
 
-def all_layouts_worker() -> dict:
-    return {name: layout_worker(fields) for name, fields in LAYOUTS.items()}
+def all_layouts_worker(device: str = "cpu", precision: str = "fp32") -> dict:
+    target = Target(device=device, precision=precision)
+    return {name: layout_worker(fields, target) for name, fields in LAYOUTS.items()}
 
 
-def report(results: dict, *, command: str) -> str:
+def report(results: dict, *, command: str, target: Target = CPU_FP32) -> str:
     info = machine_info()
     step_rows = [[name, r["layout"], f"{r['step_s']:.3f}", f"{GLOBAL_BATCH * SEQ / r['step_s']:,.0f}"]
                  for name, r in results.items()]
@@ -144,10 +153,12 @@ def report(results: dict, *, command: str) -> str:
                                 f"{held_m / held_p:.3f}", f"{predicted['grads'] / MiB:.3f}"])
     one, five, fifteen = info.load_average
     return "\n".join([
-        HEADING, "",
+        target.heading(HEADING), "",
         f"`{command}` on {info.cpu_model} ({info.cores} cores, load average {one:.0f} / {five:.0f} / {fifteen:.0f}), "
-        f"{today()}: the tiny MoE of `recipes/tiny-moe-3d.yaml`, {GLOBAL_BATCH} sequences of {SEQ} per step, fp32, "
-        f"ZeRO-1, 8 gloo ranks time-sharing the cores (report, not tuned); median of steps 2-{STEPS}.", "",
+        f"{today()}: the tiny MoE of `recipes/tiny-moe-3d.yaml`, {GLOBAL_BATCH} sequences of {SEQ} per step, "
+        f"{target.precision}, ZeRO-1, "
+        + (f"{RANKS} gloo ranks time-sharing the cores (report, not tuned)" if target.device == "cpu"
+           else f"{RANKS} NCCL ranks, one GPU each") + f"; median of steps 2-{STEPS}.", "",
         markdown_table(["layout", "degrees", "step s", "tokens/s"], step_rows), "",
         "Model states per rank after a step, measured / planner-predicted MiB (the rank with the most parameters "
         "of each stage; the planner's `rank_model_states` of `stage_params` for that stage). The gradients are held "
@@ -157,12 +168,24 @@ def report(results: dict, *, command: str) -> str:
                         "measured / predicted", "grads at peak, predicted"], memory_rows), ""])
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, Target]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_target_arguments(parser)
     parser.add_argument("--write", type=Path, help="replace this section of the Markdown file")
-    args = parser.parse_args()
-    results = run_ranks(all_layouts_worker, world=8)
-    section = report(results, command="python -m benchmarks.moe_layouts --write BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    return args, parse_target(parser, args, ranks=RANKS)
+
+
+def worker_args(target: Target) -> tuple:
+    """What ``all_layouts_worker`` is launched with on each of the ``RANKS`` ranks."""
+    return (target.device, target.precision)
+
+
+def main() -> None:
+    args, target = parse_args()
+    results = run_ranks(all_layouts_worker, world=RANKS, args=worker_args(target))
+    command = f"python -m benchmarks.moe_layouts {target.flags}" + (f" --write {args.write}" if args.write else "")
+    section = report(results, command=command, target=target)
     print(section)
     if args.write:
         write_section(args.write, section)

@@ -26,9 +26,10 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
-from benchmarks.common import (SavedTensorMeter, machine_info, markdown_table, run_ranks, today, write_section)
+from benchmarks.common import (CPU_FP32, SavedTensorMeter, Target, add_target_arguments, machine_info,
+                               markdown_table, parse_target, run_ranks, today, write_section)
 from orchestrator.config.model import GPTConfig
 from orchestrator.config.run import OptimConfig
 from orchestrator.plan.layout import Layout
@@ -146,8 +147,16 @@ def micro_batches(count: int) -> list[dict]:
     return [{"input_ids": b[:, :-1], "labels": b[:, 1:]} for b in blocks]
 
 
-def stage_worker(pp: int, counts: list[int], steps: int, warmup: int) -> list[dict]:
-    """One rank (= one stage): for each m, ``warmup + steps`` optimizer steps; rank 0 returns all stages' passes."""
+def pipe_layout(pp: int, m: int, precision: str) -> Layout:
+    """PP = ``pp``, ``m`` micro-batches of one sequence. bf16 takes ZeRO-1, the stage the validator
+    asks for so DeepSpeed accumulates the m micro-batches' gradients in fp32 (at dp 1 it partitions
+    nothing: the same memory as ZeRO-0)."""
+    return Layout(pp=pp, micro_batch=1, grad_accum=m, zero_stage=1 if precision == "bf16" else 0)
+
+
+def stage_worker(pp: int, counts: list[int], steps: int, warmup: int, device: str, precision: str) -> list[dict]:
+    """One rank (= one stage) on ``device`` in ``precision``: for each m, ``warmup + steps`` optimizer
+    steps; rank 0 returns all stages' passes."""
     import gc
 
     import torch.distributed as dist
@@ -156,7 +165,8 @@ def stage_worker(pp: int, counts: list[int], steps: int, warmup: int) -> list[di
 
     results = []
     for m in counts:
-        runtime = build_runtime(PIPE_MODEL, Layout(pp=pp, micro_batch=1, grad_accum=m), OPTIM, total_steps=1000, seed=0)
+        runtime = build_runtime(PIPE_MODEL, pipe_layout(pp, m, precision), OPTIM, total_steps=1000, seed=0,
+                                precision=precision, device_type=device)
         recorder, data, steps_seen = PassRecorder(runtime.engine), micro_batches(m), []
         for step in range(warmup + steps):
             dist.barrier()
@@ -167,32 +177,36 @@ def stage_worker(pp: int, counts: list[int], steps: int, warmup: int) -> list[di
                 steps_seen.append({"start": start, "peak_bytes": peak, "passes": [vars(p) for p in passes]})
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (runtime.state.pp_rank, steps_seen))
-        results.append({"pp": pp, "m": m, "stages": [s for _, s in sorted(gathered, key=lambda item: item[0])]})
+        results.append({"pp": pp, "m": m, "device": device, "precision": precision,
+                        "stages": [s for _, s in sorted(gathered, key=lambda item: item[0])]})
         del runtime, recorder
         gc.collect()
     return results
 
 
 # --- planner and report ------------------------------------------------------------------------
-def planned_activation_bytes(pp: int, m: int, stage: int) -> float:
+def planned_activation_bytes(pp: int, m: int, stage: int, *, device: str = "cpu", precision: str = "fp32") -> float:
     """The planner's activations for the first and last stage; a middle stage s holds p − s
-    micro-batches (Narayanan et al. 2021, §2.2.1) of Korthikanti's per-layer bytes (fp32 here, with
-    the CPU's 4-byte dropout masks)."""
+    micro-batches (Narayanan et al. 2021, §2.2.1) of Korthikanti's per-layer bytes, at the
+    precision's width (4 bytes fp32, 2 bf16) with the device's dropout masks (``dropout_mask_bytes``:
+    the activations' width on a CPU, 1 byte on CUDA)."""
     from orchestrator.plan.activations import (dropout_mask_bytes, layer_bytes, layer_mask_elements,
                                                stage_activation_bytes)
     from orchestrator.plan.partition import layers_per_stage
 
+    width = 2 if precision == "bf16" else 4
     layout = Layout(pp=pp, dp=1, micro_batch=1, grad_accum=m)
     counts = layers_per_stage(PIPE_MODEL.n_layers, pp)
     first = sum(counts[:stage])
     layers = range(first, first + counts[stage])
-    mask_bytes = dropout_mask_bytes("cpu", 4)
+    mask_bytes = dropout_mask_bytes(device, width)
     if stage in (0, pp - 1):
         name = "first" if stage == 0 else "last"
-        return stage_activation_bytes(PIPE_MODEL, layout, seq=SEQ, stage=name, layers=layers, activation_bytes=4,
+        return stage_activation_bytes(PIPE_MODEL, layout, seq=SEQ, stage=name, layers=layers, activation_bytes=width,
                                       mask_bytes=mask_bytes)
     shape = dict(seq=SEQ, micro_batch=1, tp=1, sequence_parallel=False, recompute="none")
-    per_layer = layer_bytes(PIPE_MODEL, **shape) * 4 / 2 + layer_mask_elements(PIPE_MODEL, **shape) * (mask_bytes - 2)
+    per_layer = (layer_bytes(PIPE_MODEL, **shape) * width / 2
+                 + layer_mask_elements(PIPE_MODEL, **shape) * (mask_bytes - width / 2))
     return per_layer * len(layers) * min(pp - stage, m)
 
 
@@ -215,7 +229,8 @@ def summarise(run: dict) -> dict:
                 in_flight=[peak_in_flight([p.kind for p in stage]) for stage in last],
                 first_forward_bytes=[stage[0].live_bytes for stage in last],
                 peak_bytes=[max(stage[step]["peak_bytes"] for step in range(steps)) for stage in stages],
-                planned_bytes=[planned_activation_bytes(pp, m, s) for s in range(pp)])
+                planned_bytes=[planned_activation_bytes(pp, m, s, device=run.get("device", "cpu"),
+                                                        precision=run.get("precision", "fp32")) for s in range(pp)])
 
 
 def fmt(values: Sequence[float], pattern: str = "{:.2f}") -> str:
@@ -266,12 +281,14 @@ READING = """How to read it:
 """
 
 
-def report(rows: list[dict], *, command: str, steps: int) -> str:
+def report(rows: list[dict], *, command: str, steps: int, target: Target = CPU_FP32) -> str:
     machine = machine_info()
     return "\n".join([
-        HEADING, "",
-        f"DeepSpeed's 1F1B `TrainSchedule` through `build_runtime` (`Layout(pp=P, micro_batch=1, grad_accum=m)`), "
-        f"fp32, gloo ranks on this CPU, one thread each. Model: {PIPE_MODEL.n_layers} layers, d_model "
+        target.heading(HEADING), "",
+        f"DeepSpeed's 1F1B `TrainSchedule` through `build_runtime` (`Layout(pp=P, micro_batch=1, grad_accum=m"
+        + (", zero_stage=1" if target.precision == "bf16" else "") + ")`), "
+        f"{target.precision}, " + ("gloo ranks on this CPU, one thread each" if target.device == "cpu" else
+                                   "NCCL ranks, one GPU each") + f". Model: {PIPE_MODEL.n_layers} layers, d_model "
         f"{PIPE_MODEL.d_model}, {PIPE_MODEL.n_heads} heads, vocab {PIPE_MODEL.vocab}, sequence {SEQ}, "
         f"dropout {PIPE_MODEL.dropout}. Medians of {steps} measured steps after a warm-up step.", "",
         "```bash", command, "```", "",
@@ -282,22 +299,33 @@ def report(rows: list[dict], *, command: str, steps: int) -> str:
         memory_table(rows), "", READING])
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, Target]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pp", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--micro-batches", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    add_target_arguments(parser)
     parser.add_argument("--write", help="replace this benchmark's section of that Markdown file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    return args, parse_target(parser, args, ranks=max(args.pp))
+
+
+def stage_args(pp: int, args: argparse.Namespace, target: Target) -> tuple:
+    """What ``stage_worker`` is launched with on each of the ``pp`` ranks."""
+    return (pp, args.micro_batches, args.steps, args.warmup, target.device, target.precision)
+
+
+def main() -> None:
+    args, target = parse_args()
     rows = []
     for pp in args.pp:
-        runs = run_ranks(stage_worker, world=pp, args=(pp, args.micro_batches, args.steps, args.warmup))
+        runs = run_ranks(stage_worker, world=pp, args=stage_args(pp, args, target))
         rows += [summarise(run) for run in runs]
     command = (f".venv/bin/python -m benchmarks.pipeline_bubble --pp {' '.join(map(str, args.pp))} --micro-batches "
-               f"{' '.join(map(str, args.micro_batches))} --steps {args.steps} --warmup {args.warmup}"
+               f"{' '.join(map(str, args.micro_batches))} --steps {args.steps} --warmup {args.warmup} {target.flags}"
                + (f" --write {args.write}" if args.write else ""))
-    section = report(rows, command=command, steps=args.steps)
+    section = report(rows, command=command, steps=args.steps, target=target)
     print(section)
     if args.write:
         from pathlib import Path

@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks.common import markdown_table, today, write_section
+from benchmarks.common import add_target_arguments, markdown_table, parse_target, today, write_section
 from orchestrator.config.model import GPTConfig, get_model
 from orchestrator.config.run import OptimConfig
 from orchestrator.engine.peak import measure_peak, time_matmuls
@@ -292,13 +292,13 @@ def main() -> None:
                         help="PRESET:SEQ:BATCH each (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per contender")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every contender runs")
-    parser.add_argument("--precision", choices=tuple(DTYPES), default="fp32", help="what every contender computes in")
+    add_target_arguments(parser)
     parser.add_argument("--write", type=Path, help="update this file's '## Training throughput' section "
                                                    "(for another device or precision, its own section)")
     args = parser.parse_args()
-    target = Target(device=torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu"),
-                    precision=args.precision)
+    chosen = parse_target(parser, args)
+    target = Target(device=torch.device("cuda", 0) if chosen.device == "cuda" else torch.device("cpu"),
+                    precision=chosen.precision)
     peak = matmul_peak(target)
     results, optimizer = {}, {}
     for shape in args.shapes:
