@@ -87,7 +87,8 @@ def test_warnings_are_not_errors():
 
 def test_uneven_pipeline_is_allowed_only_when_asked_and_drops_no_layer():
     the_job = job(model="gpt3-13b", gpus=24, batch=24)
-    layout = Layout(tp=8, pp=3, dp=1, zero_stage=0, recompute="full", sequence_parallel=True)
+    # ZeRO 1: bf16 with ZeRO 0 and several micro-batches is refused on its own (bf16_accumulation)
+    layout = Layout(tp=8, pp=3, dp=1, zero_stage=1, recompute="full", sequence_parallel=True)
     refused = evaluate(layout, the_job)
     assert [i.code for i in refused.errors] == ["pp_layers"]
     evaluation = evaluate(dataclasses.replace(layout, uneven_pipeline=True), the_job)
@@ -125,12 +126,12 @@ def test_moe_runs_on_every_dimension_deepspeed_allows_and_the_rest_is_refused_wi
 
 def test_moe_capacity_must_split_over_tp():
     the_job = job(model="tiny-moe", gpus=2, batch=2, seq=30)   # 30 tokens: ceil(30 / 4 × 1.25 × 2) = 19 slots
-    issues = check_layout(fill_grad_accum(Layout(tp=2, dp=1, micro_batch=1), the_job), the_job)
+    issues = check_layout(fill_grad_accum(Layout(tp=2, dp=1, micro_batch=1, zero_stage=1), the_job), the_job)
     assert [i.code for i in issues if i.severity == "error"] == ["moe_capacity_tp"]
     assert "capacity 19 slots" in next(i.message for i in issues if i.code == "moe_capacity_tp")
     the_job = job(model="tiny-moe", gpus=2, batch=2, seq=32)   # 20 slots
-    assert not [i for i in check_layout(fill_grad_accum(Layout(tp=2, dp=1, micro_batch=1), the_job), the_job)
-                if i.severity == "error"]
+    layout = fill_grad_accum(Layout(tp=2, dp=1, micro_batch=1, zero_stage=1), the_job)
+    assert not [i for i in check_layout(layout, the_job) if i.severity == "error"]
 
 
 # (case, model, layout, head, code, fragment): what this runtime cannot run although the planner prices it
