@@ -38,6 +38,24 @@ def small_tmpfs():
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.fixture(scope="module")
+def world_of_one():
+    """An in-process world of one for a module's engines. An earlier module may have left its
+    process group up with its variables gone, so they are set first; afterwards the environment is
+    restored except the rendezvous variables, which the still-initialised group's later users need."""
+    from orchestrator.engine.launch.ports import free_port
+    from orchestrator.engine.parallel import init_distributed
+
+    saved = dict(os.environ)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    init_distributed(timeout_minutes=2)
+    yield
+    rendezvous = {key: os.environ[key] for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    os.environ.clear()
+    os.environ.update(saved)
+    os.environ.update(rendezvous)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Free the /dev/shm buffers of DeepSpeed's CPU all-reduce that crashed test jobs left behind
     (engine/launch/shm.py): otherwise each failed multi-rank test keeps world × 64 MiB of RAM."""

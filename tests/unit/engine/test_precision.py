@@ -2,16 +2,14 @@
 ZeRO stage with fp32 gradient accumulation, the fp32 master weights handed on, the frozen PPO
 reference computing exactly what the bf16 actor computes (KL 0 at step 1), and the device and
 precision taken from the run config."""
-import os
 
 import pytest
 import torch
 
 from orchestrator.config.model import get_model
 from orchestrator.config.run import OptimConfig, SamplingConfig, load_run_config
-from orchestrator.engine.build import build_runtime, init_distributed
+from orchestrator.engine.build import build_runtime
 from orchestrator.engine.ds_config import build_ds_config, cluster_precision
-from orchestrator.engine.launch.ports import free_port
 from orchestrator.engine.parallel import local_device
 from orchestrator.engine.precision import resolve_run_precision
 from orchestrator.phases import rl_math
@@ -22,15 +20,7 @@ from orchestrator.plan.layout import Layout, LayoutError
 OPTIM = OptimConfig(lr=3e-3, warmup_steps=1, grad_clip=1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def world_of_one():
-    """A world of one; an earlier module may have left its process group up (and its variables gone)."""
-    saved = dict(os.environ)
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    init_distributed(timeout_minutes=2)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("world_of_one")   # tests/conftest.py
 
 
 def batches(count: int, *, seed: int = 0, vocab: int = 64) -> list[dict[str, torch.Tensor]]:

@@ -1,15 +1,13 @@
 """One DeepSpeed config: the ``PHASE/ds_config.json`` the runner writes is, byte for byte, the config
 the engine runs with, and ``orchestrate config`` writes the same function's output for a plan."""
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from orchestrator.config.run import load_run_config
-from orchestrator.engine.build import build_runtime, init_distributed
+from orchestrator.engine.build import build_runtime
 from orchestrator.engine.ds_config import DS_CONFIG_FILE, ds_config_text, phase_ds_config
-from orchestrator.engine.launch.ports import free_port
 from orchestrator.phases.context import PhaseContext
 from orchestrator.plan.artifact import Plan
 from orchestrator.plan.memory import planned_bucket_elements
@@ -18,17 +16,7 @@ from orchestrator.runner.prepare import prepare_jobs, write_job
 DS_CONFIGS = Path(__file__).resolve().parents[3] / "ds_configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def world_of_one():
-    """A world of one; an earlier module may have left its process group up (and its variables gone)."""
-    saved = dict(os.environ)
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    init_distributed(timeout_minutes=2)
-    yield
-    rendezvous = {key: os.environ[key] for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    os.environ.clear()
-    os.environ.update(saved)
-    os.environ.update(rendezvous)   # the process group stays up: later modules' engines need its variables
+pytestmark = pytest.mark.usefixtures("world_of_one")   # tests/conftest.py
 
 
 def tiny_run(tmp_path, *sets):
