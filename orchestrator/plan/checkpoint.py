@@ -2,15 +2,16 @@
 
 The checkpoint format (SPEC §5) keeps, for every parameter element, the fp32 master weight and
 Adam's two moments (``exp_avg``, ``exp_avg_sq``): 12 bytes, whatever precision the model computes
-in. Each rank writes only the share it owns — its tp / pp shard, cut once more over the
-data-parallel group (ZeRO's partition; replicas under ZeRO 0 split the writing the same way) — so
-a rank writes
+in. Each rank writes only what it owns (``handoff.sharded``): its tp / pp shard, cut once more
+over the data-parallel group by ZeRO's partition (stages 1–3); under ZeRO 0 the replicas hold the
+same state and data-parallel rank 0 writes it. So a rank writes
 
-    12 · (dense / dp + expert / (dp / ep))  bytes
+    12 · (dense / dp + expert / (dp / ep))  bytes   (ZeRO 1–3)
+    12 · (dense + expert)                   bytes   (ZeRO 0, data-parallel rank 0)
 
 for the ``dense`` and ``expert`` parameters of its stage (``partition.stage_params``). Nothing is
 gathered: the whole checkpoint is 12 bytes per parameter of the model (the tied LM head's copy on
-the last stage and the vocabulary padding included), spread over every rank.
+the last stage and the vocabulary padding included), spread over the ranks.
 
 Writing is bound by the file system, by whichever is slower of its aggregate bandwidth and one
 node's link to it (the heaviest node writes ``gpus_per_node`` heaviest ranks' shares):
@@ -51,12 +52,14 @@ class CheckpointCost:
 
 
 def rank_checkpoint_bytes(layout: Layout, job: Job) -> float:
-    """Bytes the heaviest rank writes: its stage's parameters over the data-parallel group, × 12."""
-    expert_dp = max(layout.dp // max(layout.ep, 1), 1)
+    """Bytes the heaviest rank writes: its stage's parameters (over the data-parallel group under
+    ZeRO ≥ 1), × 12."""
+    dense_dp = layout.dp if layout.zero_stage > 0 else 1
+    expert_dp = max(layout.dp // max(layout.ep, 1), 1) if layout.zero_stage > 0 else 1
     shares = []
     for stage in stages_to_check(layout.pp):
         rank = stage_params(job.model, tp=layout.tp, pp=layout.pp, ep=layout.ep, stage=stage)
-        shares.append(rank.dense / layout.dp + rank.expert / expert_dp)
+        shares.append(rank.dense / dense_dp + rank.expert / expert_dp)
     return STATE_BYTES_PER_PARAM * max(shares)
 
 

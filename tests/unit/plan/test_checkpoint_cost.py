@@ -39,14 +39,16 @@ def test_the_whole_checkpoint_is_spread_over_the_ranks_not_held_by_one():
     assert total >= STATE_BYTES_PER_PARAM * job.model.params()
     per_rank = [checkpoint_cost(Layout(tp=8, pp=16, dp=dp, zero_stage=1), job).bytes_per_rank for dp in (1, 2, 4, 8)]
     for fewer, more in zip(per_rank, per_rank[1:]):
-        assert more == pytest.approx(fewer / 2)  # the data-parallel group splits the writing
+        assert more == pytest.approx(fewer / 2)  # ZeRO's partitions split the writing
     assert per_rank[0] < total / 100  # even at dp 1 a rank writes only its tp × pp shard (1/128)
 
 
-def test_the_zero_stage_does_not_change_what_is_written():
+def test_zero_partitions_share_the_writing_and_zero0_leaves_it_to_data_parallel_rank_0():
     job = job_175b()
-    sizes = {checkpoint_cost(Layout(tp=8, pp=16, dp=8, zero_stage=z), job).bytes_per_rank for z in (0, 1, 2, 3)}
-    assert len(sizes) == 1
+    sizes = {z: checkpoint_cost(Layout(tp=8, pp=16, dp=8, zero_stage=z), job).bytes_per_rank for z in (0, 1, 2, 3)}
+    assert sizes[1] == sizes[2] == sizes[3] == pytest.approx(sizes[0] / 8)
+    assert checkpoint_cost(Layout(tp=8, pp=16, dp=8, zero_stage=0), job).total_bytes == \
+        checkpoint_cost(Layout(tp=8, pp=16, dp=8, zero_stage=1), job).total_bytes
 
 
 def test_experts_are_split_over_the_expert_data_parallel_group():
