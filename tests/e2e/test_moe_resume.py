@@ -37,7 +37,6 @@ def interrupt_after(run_dir, step: int) -> None:
     write_manifest(phase, failed_manifest(read_manifest(phase), step=step, error="killed (test)"))
 
 
-@pytest.mark.timeout(300)
 def test_an_moe_phase_checkpointed_under_ep2_resumes_under_ep1_with_the_same_model(prepared):
     sets = (*prepared.sets, *MOE_EP2)
     reference = prepared.run_dir("moe-ep2")
