@@ -69,7 +69,8 @@ plan-gpt3: install
 	$(BIN)/orchestrate plan --model gpt3-175b --gpus 1024 --gpu a100-80g --top 5
 	$(BIN)/orchestrate config --model gpt3-175b --gpus 1024 --gpu a100-80g -o ds_configs/gpt3-175b-1024xa100-80g.json
 
-# Every benchmark, each rewriting its own section of BENCHMARKS.md (14 min measured on 2 idle cores).
+# Every benchmark, each rewriting its own section of BENCHMARKS.md (14 min measured on 2 idle cores
+# before moe_layouts joined: its two 8-rank runs add a few minutes).
 bench: install
 	$(BIN)/python benchmarks/planner_search.py --repeats 30 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.train_throughput --steps 10 --write BENCHMARKS.md
@@ -79,6 +80,7 @@ bench: install
 	$(BIN)/python -m benchmarks.attention_masks --rounds 3 --batch 4 --seq 1024 --threads 1 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.dp_scaling --ranks 1 2 4 --steps 4 --write BENCHMARKS.md
 	$(BIN)/python -m benchmarks.curation_speed --write BENCHMARKS.md
+	$(BIN)/python -m benchmarks.moe_layouts --write BENCHMARKS.md
 
 # The tiny pipeline over three seeds (about 3 minutes a seed on idle cores): the RLHF phases section.
 bench-rlhf: install

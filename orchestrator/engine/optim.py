@@ -112,6 +112,13 @@ def global_norm_clipper(state) -> Callable[[list[Tensor], float], Tensor]:
     data-parallel rank 0, experts on their expert-data-parallel rank 0. (DeepSpeed's ZeRO-0 path
     counts replicated tensors only on pipeline stage 0 and averages expert norms, which is why
     fp32 without ZeRO uses this instead.)
+
+    The squares are summed in float64. torch's fp32 norm of one large tensor is off by a few
+    parts in 10^6 on CPU (3.0e-6 for a 2048 × 64 gradient, the tiny GPT's embedding: the
+    accumulation runs in fp32), and ZeRO's norm, summed over smaller partitions, rounds
+    differently; in fp32 the single-process norm of the MoE equivalence test was 3.4e-6 below its
+    float64 value at step 1 while ZeRO-2's was 5e-9, so the two layouts clipped by different
+    factors and drifted apart (1.35e-5 by step 4) with identical gradients (tests/distributed).
     """
 
     def counted_here(param: Tensor) -> bool:
@@ -123,12 +130,13 @@ def global_norm_clipper(state) -> Callable[[list[Tensor], float], Tensor]:
         return (state.expert_dp_rank if is_expert else state.dp_rank) == 0
 
     def clip(params: list[Tensor], max_norm: float) -> Tensor:
-        counted = [param.grad for param in params if counted_here(param)]
-        squares = (torch.nn.utils.get_total_norm(counted).float() ** 2 if counted
-                   else torch.zeros((), device=state.device))
+        squares = torch.zeros((), dtype=torch.float64, device=state.device)
+        for param in params:   # one tensor at a time: its transient float64 copy, never the whole model's
+            if counted_here(param):
+                squares += torch.linalg.vector_norm(param.grad, dtype=torch.float64) ** 2
         if state.context.world > 1:
             dist.all_reduce(squares)
-        norm = squares.sqrt()
+        norm = squares.sqrt().float()
         if max_norm > 0:   # the same max_norm / (norm + 1e-6) as torch and DeepSpeed
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm

@@ -1,7 +1,8 @@
 """``PHASE/metrics.jsonl``: one JSON object per event, appended by rank 0 of a phase.
 
-Every record has ``step``, ``time`` (Unix seconds) and ``kind`` (``train``, ``eval`` or
-``final``) plus metric keys (``loss``, ``eval_loss``, ``perplexity``, ``lr``, ``tokens_per_s``,
+Every record has ``step``, ``time`` (Unix seconds) and ``kind`` (``train``, ``eval``, ``final``,
+or ``reshard``: the eval metrics of weights a resume resharded into another layout, at the
+checkpoint's step) plus metric keys (``loss``, ``eval_loss``, ``perplexity``, ``lr``, ``tokens_per_s``,
 ``mfu``, ``pairwise_accuracy``, ``reward``, ``kl``, ``oracle_score``, ``pretrain_loss``, ``sft_reward`` …). Readers tolerate a last
 line cut short by a killed process; any other malformed line is an error naming the line.
 """
@@ -17,8 +18,8 @@ from typing import Iterable, Literal, Optional
 from orchestrator.handoff.errors import HandoffError
 
 METRICS_FILE = "metrics.jsonl"
-Kind = Literal["train", "eval", "final"]
-KINDS = ("train", "eval", "final")
+Kind = Literal["train", "eval", "final", "reshard"]
+KINDS = ("train", "eval", "final", "reshard")
 
 
 def append_metrics(path: Path | str, *, step: int, kind: Kind, **values: float) -> dict:

@@ -63,17 +63,24 @@ def latest_checkpoint(ctx: PhaseContext) -> Optional[Path]:
     return latest
 
 
-def resume(phase: Phase, path: Path) -> tuple[int, int]:
-    """Restore engines, phase state and RNG; returns (step, skipped steps so far).
+def resume(phase: Phase, path: Path) -> tuple[int, int, dict[str, float]]:
+    """Restore engines, phase state and RNG; returns (step, skipped steps so far, the check
+    metrics of resharded weights — ``{}`` when nothing was resharded).
 
-    Under the layout that wrote the checkpoint, DeepSpeed's own files restore everything. Under
-    another layout (say the job moved from TP2×PP2 to ZeRO-2 data parallel) the consolidated
-    weights are resharded into the new layout and the optimizer moments start again: DeepSpeed's
-    partitioned optimizer files are readable only by the layout that wrote them.
+    Under the layout that wrote the checkpoint, DeepSpeed's own files restore everything (an
+    MoE model's per-expert files included). Under another layout (say the job moved from
+    TP2×PP2 to ZeRO-2 data parallel, or an MoE job from EP2 to EP1) the consolidated weights are
+    resharded into the new layout — each rank takes its TP slice, its pipeline stage's layers
+    and its EP rank's experts — the step, LR schedule and data position continue, and the
+    optimizer moments start again (dense and expert alike, with Adam's step count):
+    DeepSpeed's partitioned optimizer files are readable only by the layout that wrote them.
+    The phase then evaluates the resharded weights once, before the first resumed step, so the
+    log shows they are the model the checkpoint saved (``kind: reshard`` in ``metrics.jsonl``).
     """
     from orchestrator.handoff import checkpoint as ckpt
 
     client = json.loads((path / ckpt.LOOP_STATE_FILE).read_text())
+    resharded = []
     for name, runtime in phase.trained.items():
         layout = dataclasses.asdict(runtime.layout)
         if client["layouts"][name] == layout:
@@ -89,9 +96,11 @@ def resume(phase: Phase, path: Path) -> tuple[int, int]:
         runtime.load_consolidated(torch.load(path / name / ckpt.CONSOLIDATED_FILE, map_location="cpu",
                                              weights_only=True))
         runtime.steps_done = int(client["steps_done"][name])
+        resharded.append(name)
     phase.restore(client["phase_state"])
+    check = phase.evaluate() if resharded else {}   # before the RNG states: a sampling eval draws nothing saved
     _load_rng(path, phase.ctx.rank)
-    return int(client["step"]), int(client["skipped_steps"])
+    return int(client["step"]), int(client["skipped_steps"]), check
 
 
 def _save_rng(staging: Path, rank: int) -> None:

@@ -3,7 +3,8 @@
 A phase (pretrain, sft, reward, ppo) adds only what differs — its models, its data, its loss —
 by implementing ``Phase``. The loop owns the cadence (STYLE.md habit 9):
 
-    setup → resume from the latest checkpoint, if any (``checkpointing``) →
+    setup → resume from the latest checkpoint, if any (``checkpointing``; under another layout,
+    one evaluation of the resharded weights) →
     for each step: train_step → count non-finite steps → log → evaluate → save →
     final evaluation → consolidated weights → manifest (status complete)
 """
@@ -97,7 +98,7 @@ def run(phase: Phase) -> dict[str, float]:
     loop = phase.config.loop
     latest = checkpointing.latest_checkpoint(ctx)
     phase.setup(resuming=latest is not None)
-    start, skipped = checkpointing.resume(phase, latest) if latest is not None else (0, 0)
+    start, skipped, reshard_check = checkpointing.resume(phase, latest) if latest is not None else (0, 0, {})
     phase.step = start
     if latest is not None and ctx.is_main:  # the launch log says where an interrupted phase picked up
         print(f"{phase.name}: resuming from checkpoint {latest} at step {start} of {loop.steps}", flush=True)
@@ -105,6 +106,11 @@ def run(phase: Phase) -> dict[str, float]:
                              layout=phase.layout, tokenizer=phase.tokenizer_info()) if ctx.is_main else None
     log = MetricsLog(ctx.phase_dir, phase=phase.name, enabled=ctx.is_main, config=ctx.config.to_dict(),
                      resume_step=start)
+    if reshard_check:   # the resharded weights on the held-out batches: the checkpoint's last eval, if it had one
+        log.log("reshard", start, **reshard_check)
+        if ctx.is_main:
+            print(f"{phase.name}: resharded weights at step {start}: "
+                  + ", ".join(f"{key}={value:.6g}" for key, value in reshard_check.items()), flush=True)
     try:
         _train(phase, log, start=start, skipped=skipped)
         final = phase.evaluate()
