@@ -129,13 +129,17 @@ def repeat_seeds(setup: Setup) -> list[Optional[int]]:
 
 
 def ladder_rows(setup: Setup) -> list[dict]:
-    """One row per rung; its ``eval_loss`` is the mean over its seeds (``seed_losses``)."""
+    """One row per rung; its ``eval_loss`` is the mean over its seeds (``seed_losses``), ``seed_spread`` their
+    (max − min) / mean: how much one run of that size scatters with its seed, ladder-internal evidence of
+    how far to trust the fit."""
     rows = []
     for rung in setup.ladder.rungs:
         measured = [final_loss(rung_dir(setup.run_dir, rung, seed), rerun=setup.rerun) for seed in repeat_seeds(setup)]
         losses, seconds = [loss for loss, _ in measured], [s for _, s in measured if s is not None]
-        rows.append({**rung.to_dict(), "fraction": setup.ladder.fraction(rung), "eval_loss": sum(losses) / len(losses),
-                     "seed_losses": losses, "train_seconds": sum(seconds) if seconds else None,
+        mean = sum(losses) / len(losses)
+        rows.append({**rung.to_dict(), "fraction": setup.ladder.fraction(rung), "eval_loss": mean,
+                     "seed_losses": losses, "seed_spread": (max(losses) - min(losses)) / mean if len(losses) > 1 else None,
+                     "train_seconds": sum(seconds) if seconds else None,
                      "run_dir": str(rung_dir(setup.run_dir, rung))})
     return rows
 
@@ -195,6 +199,11 @@ def describe_record(record: dict) -> str:
         lines.append(f"  leave-top-out {check['form']}-c: " + (check["failure"] if check["predicted"] is None else
                      f"{check['predicted']:.4f} [{check['low']:.4f}, {check['high']:.4f}] vs {check['measured']:.4f} "
                      f"({check['error']:+.2%})"))
+    spreads = [(row["seed_spread"], row["name"]) for row in record["ladder"] if row.get("seed_spread") is not None]
+    if spreads:
+        worst = max(spreads)
+        lines.append(f"  seed spread of the rungs: mean {sum(s for s, _ in spreads) / len(spreads):.2%}, "
+                     f"largest {worst[0]:.2%} ({worst[1]})")
     lines.append(f"target {target['name']}: predicted {target['predicted_loss']:.4f}, {fit['level']:.0%} band "
                  f"[{target['band'][0]:.4f}, {target['band'][1]:.4f}]")
     if target["measured_loss"] is not None:

@@ -196,4 +196,5 @@ def test_with_seeds_each_rung_repeats_at_the_next_seeds_and_the_fit_takes_their_
     for row in json.loads((run_dir / "scaling.json").read_text())["ladder"]:
         low, middle, high = sorted(row["seed_losses"])
         assert low < middle < high and row["eval_loss"] == pytest.approx((low + middle + high) / 3)
+        assert row["seed_spread"] == pytest.approx((high - low) / row["eval_loss"]) and row["seed_spread"] > 0
         assert middle == pytest.approx(row["eval_loss"], rel=1e-12)  # the stand-in's seeds scatter ±0.4 % about it
