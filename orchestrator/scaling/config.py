@@ -31,7 +31,8 @@ class ScalingConfig:
     min_layers: int = 1
     """The shallowest rung (Kaplan et al. 2020, §3.1, Fig. 6: below two layers a model leaves the
     non-embedding trend the deeper ones share). 2 keeps one-layer shapes out, where the family has five
-    deeper ones under the fraction; the tiny recipe's 3 × 64 target has only four."""
+    deeper ones under the fraction: the tiny recipe's 3 × 64 target has 2 × 8 … 2 × 24, which on its
+    one-layer LR rule missed the target by +10 % (BENCHMARKS.md)."""
     tokens_per_param: float = 20.0
     """Training tokens per parameter of every run, target included (Hoffmann et al. 2022: about 20)."""
     target_tokens: Optional[float] = None
