@@ -31,7 +31,8 @@ class ScalingConfig:
     min_layers: int = 1
     """The shallowest rung (Kaplan et al. 2020, §3.1, Fig. 6: below two layers a model leaves the
     non-embedding trend the deeper ones share). 2 keeps one-layer shapes out, where the family has five
-    deeper ones under the fraction; the tiny recipe's 3 × 64 target has only four."""
+    deeper ones under the fraction: the tiny recipe's 3 × 64 target has 2 × 8 … 2 × 24, which on its
+    one-layer LR rule missed the target by +10 % (BENCHMARKS.md)."""
     tokens_per_param: float = 20.0
     """Training tokens per parameter of every run, target included (Hoffmann et al. 2022: about 20)."""
     target_tokens: Optional[float] = None
@@ -42,6 +43,11 @@ class ScalingConfig:
     ladder's own best LRs (``orchestrator.scaling.lr_rule``), which the tiny recipe uses."""
     lr_width: int = 64
     lr_exponent: float = 0.5
+    rung_micro_batch: Optional[int] = None
+    """The rungs' micro-batch (None: the recipe's ``pretrain.layout.micro_batch``, the target's). Smaller runs
+    are past their critical batch sooner (Kaplan et al. 2020, §5.1; McCandlish et al. 2018), and the tiny
+    recipe's 94–325-step rungs spend a seed-dependent share of their steps on a plateau; a smaller batch gives
+    them the same tokens in more steps, at the width rule's LR × √(rung batch / target batch)."""
     warmup_fraction: float = 0.05
     """Linear warm-up as a share of each run's own steps; cosine decay over the rest of them."""
     form: Form = "auto"
@@ -79,6 +85,8 @@ class ScalingConfig:
             raise ConfigError(f"scaling.target_tokens={self.target_tokens} must be > 0 (or null)")
         if not (self.lr > 0 and self.lr_width >= 1):
             raise ConfigError(f"scaling.lr={self.lr}, lr_width={self.lr_width}: both must be positive")
+        if self.rung_micro_batch is not None and self.rung_micro_batch < 1:
+            raise ConfigError(f"scaling.rung_micro_batch={self.rung_micro_batch} must be >= 1 (or null: the recipe's)")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"scaling.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
         if not 0.5 <= self.level < 1:

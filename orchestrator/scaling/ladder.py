@@ -25,6 +25,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from orchestrator.config.model import GPTConfig
 
@@ -52,6 +53,8 @@ class Rung:
     """The layers' part of the model FLOPs, without the logit layer (Kaplan et al. 2020, §2.1: non-embedding compute)."""
     lr: float
     warmup_steps: int
+    micro_batch: Optional[int] = None
+    """The run's micro-batch when it differs from the recipe's (``scaling.rung_micro_batch``); None: the recipe's."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,6 +67,9 @@ class Ladder:
     target: Rung
     seq_len: int
     tokens_per_step: int
+    """The target's."""
+    rung_tokens_per_step: Optional[int] = None
+    """The rungs' when ``scaling.rung_micro_batch`` gives them a smaller batch; None: the target's."""
 
     def fraction(self, rung: Rung) -> float:
         """A rung's compute as a share of the target's."""
@@ -111,7 +117,7 @@ def non_embedding_flops_per_token(model: GPTConfig, seq_len: int) -> float:
 
 
 def make_rung(model: GPTConfig, *, name: str, seq_len: int, tokens_per_step: int, tokens_per_param: float,
-              lr: float, warmup_fraction: float, tokens: float | None = None) -> Rung:
+              lr: float, warmup_fraction: float, tokens: float | None = None, micro_batch: int | None = None) -> Rung:
     """The run of ``model`` on ``tokens`` (default tokens_per_param × params), in whole optimizer steps."""
     params = model.params()
     wanted = tokens_per_param * params if tokens is None else tokens
@@ -120,7 +126,8 @@ def make_rung(model: GPTConfig, *, name: str, seq_len: int, tokens_per_step: int
     return Rung(name=name, n_layers=model.n_layers, d_model=model.d_model, n_heads=model.n_heads, params=params,
                 tokens=trained, steps=steps, flops=model.flops_per_token(seq_len) * trained,
                 flops_6nd=6.0 * params * trained,
-                flops_non_embedding=non_embedding_flops_per_token(model, seq_len) * trained, lr=lr, warmup_steps=max(1, round(warmup_fraction * steps)))
+                flops_non_embedding=non_embedding_flops_per_token(model, seq_len) * trained, lr=lr,
+                warmup_steps=max(1, round(warmup_fraction * steps)), micro_batch=micro_batch)
 
 
 def _candidates(target: GPTConfig, min_layers: int) -> list[tuple[int, int]]:
@@ -132,12 +139,16 @@ def _candidates(target: GPTConfig, min_layers: int) -> list[tuple[int, int]]:
 
 def plan_ladder(target: GPTConfig, *, points: int, max_fraction: float, spacing: float, seq_len: int,
                 tokens_per_step: int, tokens_per_param: float, lr_for, warmup_fraction: float,
-                target_tokens: float | None = None, min_layers: int = 1) -> Ladder:
+                target_tokens: float | None = None, min_layers: int = 1, rung_micro_batch: int | None = None,
+                rung_tokens_per_step: int | None = None) -> Ladder:
     """``points`` compute-optimal rungs of the target's family, the largest at most ``max_fraction`` of its compute.
 
     ``lr_for(d_model) -> lr`` is the width rule every run (target included) follows; no rung is
     shallower than ``min_layers`` (Kaplan et al. 2020, §3.1 and Fig. 6: models of fewer than two
-    layers leave the trend the deeper ones share).
+    layers leave the trend the deeper ones share). With ``rung_micro_batch`` (and the
+    ``rung_tokens_per_step`` it gives) the rungs train that batch instead of the target's, the same
+    tokens in proportionally more steps, at the width rule's LR × √(rung batch / target batch) (the
+    square-root rule for Adam, Malladi et al. 2022); the target keeps the recipe's batch and LR.
     """
     if points < 2:
         raise ValueError(f"points={points}: a ladder needs several runs (at least 5 for the fit's checks)")
@@ -146,12 +157,19 @@ def plan_ladder(target: GPTConfig, *, points: int, max_fraction: float, spacing:
     if not 1 <= min_layers <= target.n_layers:
         raise ValueError(f"min_layers={min_layers} must be in 1..{target.n_layers} (the target's layers)")
 
-    def rung(model: GPTConfig, name: str, tokens: float | None = None) -> Rung:
-        return make_rung(model, name=name, seq_len=seq_len, tokens_per_step=tokens_per_step,
-                         tokens_per_param=tokens_per_param, lr=lr_for(model.d_model),
-                         warmup_fraction=warmup_fraction, tokens=tokens)
+    if (rung_micro_batch is None) != (rung_tokens_per_step is None):
+        raise ValueError("rung_micro_batch and rung_tokens_per_step go together (the second is the first's global batch × seq)")
+    step_tokens = rung_tokens_per_step or tokens_per_step
+    lr_scale = math.sqrt(step_tokens / tokens_per_step)
 
-    top = rung(target, f"target-{target.n_layers}x{target.d_model}", tokens=target_tokens)
+    def rung(model: GPTConfig, name: str) -> Rung:
+        return make_rung(model, name=name, seq_len=seq_len, tokens_per_step=step_tokens, tokens_per_param=tokens_per_param,
+                         lr=lr_for(model.d_model) * lr_scale, warmup_fraction=warmup_fraction,
+                         micro_batch=rung_micro_batch)
+
+    top = make_rung(target, name=f"target-{target.n_layers}x{target.d_model}", seq_len=seq_len,
+                    tokens_per_step=tokens_per_step, tokens_per_param=tokens_per_param, lr=lr_for(target.d_model),
+                    warmup_fraction=warmup_fraction, tokens=target_tokens)
     pool = [rung(family_model(target, n_layers=layers, d_model=width, name=f"{layers}x{width}"), f"{layers}x{width}")
             for layers, width in _candidates(target, min_layers)]
     chosen = _pick_rungs(pool, points=points, ceiling=max_fraction * top.flops, spacing=spacing,
@@ -162,7 +180,8 @@ def plan_ladder(target: GPTConfig, *, points: int, max_fraction: float, spacing:
             f"a ladder of {points} runs spaced {spacing:g}× in compute below {max_fraction:.3g} of it: its family has "
             f"{len(chosen)} such shapes; give a bigger target, a larger max_fraction, a smaller spacing, or fewer points")
     named = [dataclasses.replace(r, name=f"r{i + 1}-{r.name}") for i, r in enumerate(chosen)]
-    return Ladder(rungs=tuple(named), target=top, seq_len=seq_len, tokens_per_step=tokens_per_step)
+    return Ladder(rungs=tuple(named), target=top, seq_len=seq_len, tokens_per_step=tokens_per_step,
+                  rung_tokens_per_step=rung_tokens_per_step)
 
 
 def _pick_rungs(pool: list[Rung], *, points: int, ceiling: float, spacing: float, aspect: float) -> list[Rung]:

@@ -51,6 +51,8 @@ def rung_config(base: RunConfig, rung: Rung, *, family: GPTConfig, run_dir: Path
     ``seed`` instead of the recipe's for a repeat."""
     model = family_model(family, n_layers=rung.n_layers, d_model=rung.d_model, name=rung.name)
     pretrain = base.pretrain
+    if rung.micro_batch is not None:
+        pretrain = dataclasses.replace(pretrain, layout=dataclasses.replace(pretrain.layout, micro_batch=rung.micro_batch))
     optim = dataclasses.replace(pretrain.optim, lr=rung.lr, warmup_steps=rung.warmup_steps)
     loop = dataclasses.replace(pretrain.loop, steps=rung.steps, eval_every=0, eval_batches=eval_batches,
                                log_every=max(1, rung.steps // 20), save_every=max(1, rung.steps // 4))

@@ -58,10 +58,15 @@ def load_setup(recipe: str, *, run_dir: Optional[str], overrides: list[str]) -> 
     target = resolve_target(scaling.target, base.model)
     seq_len = base.pretrain.loop.seq_len
     tokens_per_step = base.pretrain.layout.resolve(base.cluster.world).global_batch * seq_len
+    rung_tokens_per_step = None
+    if scaling.rung_micro_batch is not None:
+        rung_layout = dataclasses.replace(base.pretrain.layout, micro_batch=scaling.rung_micro_batch)
+        rung_tokens_per_step = rung_layout.resolve(base.cluster.world).global_batch * seq_len
     ladder = plan_ladder(target, points=scaling.points, max_fraction=scaling.max_fraction, spacing=scaling.spacing,
                          seq_len=seq_len, tokens_per_step=tokens_per_step, tokens_per_param=scaling.tokens_per_param,
                          lr_for=scaling.lr_for, warmup_fraction=scaling.warmup_fraction,
-                         target_tokens=scaling.target_tokens, min_layers=scaling.min_layers)
+                         target_tokens=scaling.target_tokens, min_layers=scaling.min_layers,
+                         rung_micro_batch=scaling.rung_micro_batch, rung_tokens_per_step=rung_tokens_per_step)
     rerun = shlex.join(["orchestrate", "scaling", recipe, "--run-dir", base.run_dir,
                         *[arg for text in overrides for arg in ("--set", text)]])
     return Setup(recipe=recipe, scaling=scaling, base=base, target=target, ladder=ladder, run_dir=Path(base.run_dir),
@@ -72,7 +77,8 @@ def describe_ladder(setup: Setup) -> str:
     ladder = setup.ladder
     lines = [f"ladder of {len(ladder.rungs)} for target {setup.target.name} ({ladder.target.params:,} params, "
              f"{ladder.target.tokens:,} tokens, {ladder.target.flops:.3g} FLOPs) in {setup.run_dir}; "
-             f"{ladder.tokens_per_step:,} tokens a step at seq {ladder.seq_len}",
+             f"{ladder.tokens_per_step:,} tokens a step at seq {ladder.seq_len}"
+             + (f" (the rungs {ladder.rung_tokens_per_step:,})" if ladder.rung_tokens_per_step else ""),
              f"  {'run':<16} {'layers':>6} {'d_model':>7} {'params':>9} {'tokens':>11} {'steps':>6} {'FLOPs':>9} "
              f"{'fraction':>9} {'lr':>8}"]
     for rung in (*ladder.rungs, ladder.target):
@@ -129,13 +135,17 @@ def repeat_seeds(setup: Setup) -> list[Optional[int]]:
 
 
 def ladder_rows(setup: Setup) -> list[dict]:
-    """One row per rung; its ``eval_loss`` is the mean over its seeds (``seed_losses``)."""
+    """One row per rung; its ``eval_loss`` is the mean over its seeds (``seed_losses``), ``seed_spread`` their
+    (max − min) / mean: how much one run of that size scatters with its seed, ladder-internal evidence of
+    how far to trust the fit."""
     rows = []
     for rung in setup.ladder.rungs:
         measured = [final_loss(rung_dir(setup.run_dir, rung, seed), rerun=setup.rerun) for seed in repeat_seeds(setup)]
         losses, seconds = [loss for loss, _ in measured], [s for _, s in measured if s is not None]
-        rows.append({**rung.to_dict(), "fraction": setup.ladder.fraction(rung), "eval_loss": sum(losses) / len(losses),
-                     "seed_losses": losses, "train_seconds": sum(seconds) if seconds else None,
+        mean = sum(losses) / len(losses)
+        rows.append({**rung.to_dict(), "fraction": setup.ladder.fraction(rung), "eval_loss": mean,
+                     "seed_losses": losses, "seed_spread": (max(losses) - min(losses)) / mean if len(losses) > 1 else None,
+                     "train_seconds": sum(seconds) if seconds else None,
                      "run_dir": str(rung_dir(setup.run_dir, rung))})
     return rows
 
@@ -165,7 +175,8 @@ def build_record(setup: Setup, *, cost: Optional[dict]) -> dict:
                                 "logit layer's",
             "fit_compute": field,
             "corpus_train_tokens": train_tokens, "seq_len": setup.ladder.seq_len,
-            "tokens_per_step": setup.ladder.tokens_per_step, "scaling": dataclasses.asdict(setup.scaling),
+            "tokens_per_step": setup.ladder.tokens_per_step, "rung_tokens_per_step": setup.ladder.rung_tokens_per_step,
+            "scaling": dataclasses.asdict(setup.scaling),
             "ladder": rows, "fit": prediction.to_dict(), "target": target,
             "warnings": [*epoch_warnings(setup, train_tokens), *trust_warnings(prediction)], "cluster": cost}
 
@@ -195,6 +206,11 @@ def describe_record(record: dict) -> str:
         lines.append(f"  leave-top-out {check['form']}-c: " + (check["failure"] if check["predicted"] is None else
                      f"{check['predicted']:.4f} [{check['low']:.4f}, {check['high']:.4f}] vs {check['measured']:.4f} "
                      f"({check['error']:+.2%})"))
+    spreads = [(row["seed_spread"], row["name"]) for row in record["ladder"] if row.get("seed_spread") is not None]
+    if spreads:
+        worst = max(spreads)
+        lines.append(f"  seed spread of the rungs: mean {sum(s for s, _ in spreads) / len(spreads):.2%}, "
+                     f"largest {worst[0]:.2%} ({worst[1]})")
     lines.append(f"target {target['name']}: predicted {target['predicted_loss']:.4f}, {fit['level']:.0%} band "
                  f"[{target['band'][0]:.4f}, {target['band'][1]:.4f}]")
     if target["measured_loss"] is not None:

@@ -23,6 +23,7 @@ def test_a_recipe_without_a_scaling_section_gets_the_defaults():
     ("scaling.form=median", "form"),
     ("scaling.compute=embedding", "compute"),
     ("scaling.min_layers=0", "min_layers"),
+    ("scaling.rung_micro_batch=0", "rung_micro_batch"),
     ("scaling.pointz=6", "unknown key 'scaling.pointz'"),
 ])
 def test_bad_scaling_values_are_refused_with_the_key(override, message):

@@ -111,3 +111,16 @@ def test_min_layers_keeps_shallower_shapes_out_of_the_ladder():
     assert len(plan.rungs) == 5 and all(r.n_layers >= 2 for r in plan.rungs)
     with pytest.raises(ValueError, match="min_layers=5 must be in 1..4"):
         ladder("4x80", min_layers=5)
+
+
+def test_a_rung_micro_batch_trains_the_rungs_in_more_steps_at_a_square_root_lr_and_leaves_the_target_alone():
+    plain, small = ladder(), ladder(rung_micro_batch=4, rung_tokens_per_step=512)
+    assert small.target == plain.target and small.target.micro_batch is None
+    assert [r.name for r in small.rungs] == [r.name for r in plain.rungs]
+    for before, rung in zip(plain.rungs, small.rungs):
+        assert rung.micro_batch == 4 and rung.tokens == rung.steps * 512
+        assert 20 * rung.params <= rung.tokens < 20 * rung.params + 512
+        assert rung.steps >= 4 * before.steps - 3 and rung.lr == pytest.approx(before.lr / 2)  # √(512 / 2048)
+        assert rung.warmup_steps == round(0.05 * rung.steps)
+    with pytest.raises(ValueError, match="go together"):
+        ladder(rung_micro_batch=4)

@@ -113,6 +113,16 @@ def test_a_rung_may_resume_under_another_layout_but_not_with_another_global_batc
         check_planned(tmp_path, config(micro_batch=4))
 
 
+def test_a_rung_micro_batch_is_the_rungs_layout_and_plan_and_not_the_targets(tmp_path):
+    setup = load_setup(write_recipe(tmp_path, rung_micro_batch=4), run_dir=None, overrides=[])
+    assert setup.ladder.rung_tokens_per_step == 4 * 128 and setup.ladder.tokens_per_step == 16 * 128
+    rung = rung_config(setup.base, setup.ladder.rungs[0], family=setup.target, run_dir=setup.run_dir, eval_batches=64)
+    target = rung_config(setup.base, setup.ladder.target, family=setup.target, run_dir=setup.run_dir, eval_batches=64)
+    assert rung.pretrain.layout.micro_batch == 4 and target.pretrain.layout.micro_batch == 16
+    check_planned(tmp_path / "r1", rung)
+    assert json.loads((tmp_path / "r1" / "rung.json").read_text())["pretrain"]["global_batch"] == 4
+
+
 def finish_ladder(setup, *, target=False):
     """Every rung (and the target) complete, in-process: the stand-in's result without a launcher."""
     runs = [(rung, seed) for rung in setup.ladder.rungs for seed in repeat_seeds(setup)]
@@ -196,4 +206,5 @@ def test_with_seeds_each_rung_repeats_at_the_next_seeds_and_the_fit_takes_their_
     for row in json.loads((run_dir / "scaling.json").read_text())["ladder"]:
         low, middle, high = sorted(row["seed_losses"])
         assert low < middle < high and row["eval_loss"] == pytest.approx((low + middle + high) / 3)
+        assert row["seed_spread"] == pytest.approx((high - low) / row["eval_loss"]) and row["seed_spread"] > 0
         assert middle == pytest.approx(row["eval_loss"], rel=1e-12)  # the stand-in's seeds scatter ±0.4 % about it
