@@ -124,6 +124,19 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return 1.0 - var_residual / var_returns.clamp(min=1e-8)
 
 
+@dataclass(frozen=True)
+class RewardUnits:
+    """x ↦ (x − offset) / scale: the RM's (and the RM-initialised critic's) outputs in reward units.
+    Identity by default; with the SFT rollouts' mean and std as offset and scale, SFT's samples score
+    0 on average (InstructGPT §C.3's RM bias) with unit spread."""
+
+    offset: float = 0.0
+    scale: float = 1.0
+
+    def apply(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.offset) / self.scale
+
+
 @dataclass
 class AdaptiveKL:
     """Ziegler et al. 2019, §2.2: β ← β·(1 + K_β·e), e = clip(KL/KL_target − 1, −0.2, 0.2), K_β = 0.1."""
