@@ -152,6 +152,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
     parser.add_argument("--root", default=None,
                         help="a new or empty folder for the seed runs (default: runs/bench-rlhf/<UTC time>)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run side by side (default: %(default)s)")
+    parser.add_argument("--collect", metavar="ROOT", default=None,
+                        help="run nothing: tabulate the seeds of ROOT (an earlier run of this benchmark) "
+                             "whose pipeline and PPO-ptx both finished")
     add_target_arguments(parser)
     parser.add_argument("--gpu-preset", default="h100-80g",
                         help="cluster.gpu for --device cuda (the planner's device preset; default: %(default)s)")
@@ -163,14 +166,35 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
         parser.error(f"--jobs {args.jobs}: must be >= 1")
     if args.root is None:
         args.root = f"runs/bench-rlhf/{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-    elif Path(args.root).is_dir() and any(Path(args.root).iterdir()):
+    elif args.collect is None and Path(args.root).is_dir() and any(Path(args.root).iterdir()):
         parser.error(f"--root {args.root} is not empty: every benchmark runs its seeds afresh; "
                      f"give a new folder or leave --root out (runs/bench-rlhf/<UTC time>)")
     return args, parse_target(parser, args)
 
 
+def finished_seeds(root: Path, seeds: list[int], target: Target) -> list[dict]:
+    """The metrics of the seeds under ``root`` whose four phases and PPO-ptx are complete."""
+    results = []
+    for seed in seeds:
+        run_dir, ptx = seed_dir(seed, root, target), ptx_dir(seed, root, target)
+        try:
+            pipeline, ptx_ppo = manifests(run_dir, ("pretrain", "sft", "reward", "ppo")), manifests(ptx, ("ppo",))["ppo"]
+        except FileNotFoundError:
+            continue
+        if all(m.get("status") == "complete" for m in (*pipeline.values(), ptx_ppo)):
+            results.append(seed_metrics(seed, pipeline, ptx_ppo))
+    return results
+
+
 def main() -> None:
     args, target = parse_args()
+    if args.collect is not None:
+        results = finished_seeds(Path(args.collect), args.seeds, target)
+        if not results:
+            raise SystemExit(f"no seed of {args.seeds} finished under {args.collect}")
+        print(section(results, f"python benchmarks/rlhf_seeds.py --seeds {' '.join(map(str, args.seeds))} "
+                               f"--jobs {args.jobs} {target.flags} (tabulated with --collect {args.collect})", target))
+        return
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda seed: run_seed(seed, Path(args.root), target, gpu_preset=args.gpu_preset),
                                 args.seeds))
