@@ -30,7 +30,7 @@ from common import (CPU_FP32, Target, add_target_arguments, machine_info, markdo
                     parse_target, today, write_section)
 
 RECIPE = "recipes/tiny.yaml"
-PTX_SETS = ("ppo.ptx_coef=1.0",)
+PTX_SETS = ("ppo.ptx_coef=0.1",)
 """PPO-ptx: the recipe's PPO with γ_ptx on (README, "RLHF that visibly works")."""
 PARENTS = ("data", "pretrain", "sft", "reward", "run_config.yaml")
 GPU_PRESETS = tuple(name for name in DEVICES if name != "cpu")
