@@ -30,6 +30,7 @@ ap.add_argument("--clr", type=float, default=1e-3); ap.add_argument("--beta", ty
 ap.add_argument("--lam", type=float, default=0.95); ap.add_argument("--warmup", type=int, default=0)
 ap.add_argument("--eval_every", type=int, default=10); ap.add_argument("--critic", default="rm")
 ap.add_argument("--ptx", type=float, default=0.0); ap.add_argument("--wd", type=float, default=0.0)
+ap.add_argument("--seed", type=int, default=0, help="PPO's own randomness: prompt order and rollout sampling")
 a = ap.parse_args()
 run = Path(a.run)
 cfg = from_dict(RunConfig, load_file(run / "run_config.yaml"))
@@ -84,8 +85,8 @@ def evaluate():
         kls += kl.tolist(); rs += b["score"].tolist()
         os_ += [oracle_score(e.prompt, decode_response(tok.hf(), x, eos_id=tok.eos_id)) for e, x in zip(ex, r.responses)]
     return np.mean(os_), np.mean(kls), np.mean(rs), pretrain_loss()
-units = None; gen = sampling_generator(seed=1, device=cpu); pos = 0; step = 0; t0 = time.time()
-rng = np.random.default_rng(0); order = rng.permutation(len(train))
+units = None; gen = sampling_generator(seed=1 + a.seed, device=cpu); pos = 0; step = 0; t0 = time.time()
+rng = np.random.default_rng(a.seed); order = rng.permutation(len(train))
 print(vars(a)); print("it 0 eval oracle %.3f kl %.2f rm %.2f ptl %.3f" % evaluate(), flush=True)
 for it in range(1, a.iters + 1):
     ex = [train[order[(pos + i) % len(train)]] for i in range(a.batch)]; pos += a.batch

@@ -226,9 +226,8 @@ class PPO(Phase):
             totals["reward"] += float(batch["score"].mean())
             totals["response_length"] += float(mask.sum(1).mean())
             totals["eos_rate"] += float(((responses == self.tokenizer.eos_id) & mask.bool()).any(1).float().mean())
-        all_adv = torch.cat([b["advantages"] for b in experience])
-        all_mask = torch.cat([b["response_mask"] for b in experience])
-        whitened = rl_math.masked_whiten(all_adv, all_mask).split([len(b["advantages"]) for b in experience])
+        whitened = rl_math.whiten_together([b["advantages"] for b in experience],
+                                           [b["response_mask"] for b in experience])
         for batch, adv in zip(experience, whitened):
             batch["advantages"] = adv
         return {key: value / len(experience) for key, value in totals.items()}
