@@ -84,7 +84,7 @@ bench: install
 
 # The tiny pipeline over three seeds (about 3 minutes a seed on idle cores): the RLHF phases section.
 bench-rlhf: install
-	$(BIN)/python benchmarks/rlhf_seeds.py --seeds 1 2 3 --write BENCHMARKS.md
+	$(BIN)/python benchmarks/rlhf_seeds.py --seeds 1 2 3 4 5 --jobs 2 --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache

@@ -24,7 +24,8 @@ PANELS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "pretrain": (("loss", ("loss", "eval_loss")),),
     "sft": (("loss", ("loss", "eval_loss")), ("pretrain loss", ("pretrain_loss",))),
     "reward": (("pairwise accuracy", ("pairwise_accuracy",)), ("loss", ("loss", "eval_loss"))),
-    "ppo": (("reward", ("reward", "oracle_score")), ("KL to SFT", ("kl",)), ("pretrain loss", ("pretrain_loss",))),
+    "ppo": (("labeller score", ("oracle_score", "rollout_oracle_score")), ("RM reward", ("reward",)),
+            ("KL to SFT", ("kl",)), ("pretrain loss", ("pretrain_loss",))),
 }
 REFERENCE_PHASE = {"ppo": "sft"}
 """Whose level a phase's panels show as reference lines."""

@@ -352,7 +352,15 @@ class PPOConfig(PhaseConfig):
     ptx_coef: float = 27.8
     """γ_ptx × pretraining LM loss, in the same optimizer step; 0 turns PPO-ptx off."""
     ppo_epochs: int = 1
-    """Optimizer passes over each rollout batch (micro_batch × grad_accum prompts per DP rank)."""
+    """Passes over each step's rollouts."""
+    minibatches: int = 1
+    """Optimizer steps per pass: each step samples minibatches × micro_batch × grad_accum prompts per
+    DP rank, and every pass takes one optimizer step per minibatch (PPO's minibatch SGD)."""
+    normalize_reward: bool = False
+    """Whiten the RM score with the mean and std of the SFT policy's first rollouts (the reward is
+    then in units of SFT's spread, so β, value_clip and the critic's scale do not depend on the RM's
+    arbitrary offset and scale; InstructGPT §C.3 biases the RM so demonstrations score 0); the critic,
+    initialised from the RM, reads its head through the same affine map, so it starts in reward units."""
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16
@@ -363,17 +371,17 @@ class PPOConfig(PhaseConfig):
         super().__post_init__()
         check_ranges(self, {"critic_lr": NON_NEGATIVE, "kl_coef": NON_NEGATIVE, "target_kl": POSITIVE, "gamma": UNIT,
                             "lam": UNIT, "clip_ratio": POSITIVE, "value_clip": POSITIVE, "ptx_coef": NON_NEGATIVE,
-                            "ppo_epochs": AT_LEAST_ONE, "temperature": POSITIVE, "top_p": UNIT_ABOVE_ZERO,
+                            "ppo_epochs": AT_LEAST_ONE, "minibatches": AT_LEAST_ONE, "temperature": POSITIVE, "top_p": UNIT_ABOVE_ZERO,
                             "max_new_tokens": AT_LEAST_ONE})
 
     @property
     def schedule_steps(self) -> int:
-        """Each PPO step takes ``ppo_epochs`` optimizer steps."""
-        return self.loop.steps * self.ppo_epochs
+        """Each PPO step takes ``ppo_epochs × minibatches`` optimizer steps."""
+        return self.loop.steps * self.ppo_epochs * self.minibatches
 
     @property
     def _steps_text(self) -> str:
-        return "loop.steps × ppo_epochs"
+        return "loop.steps × ppo_epochs × minibatches"
 
     @property
     def sampling(self) -> SamplingConfig:

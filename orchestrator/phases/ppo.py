@@ -32,7 +32,7 @@ from orchestrator.phases.context import RunTokenizer, load_run_tokenizer, parent
 from orchestrator.phases.loop import Phase, StepOutcome
 from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.pretrain_loss import PretrainLoss
-from orchestrator.phases.sampling import Rollout, oracle_evaluation, replica_generator, sample
+from orchestrator.phases.sampling import Rollout, oracle_evaluation, replica_generator, sample, sums_over_ranks
 from orchestrator.phases.sft import load_eval_prompts, phase_file, run_labeller
 
 
@@ -93,6 +93,8 @@ class PPO(Phase):
         """Prompts consumed by all DP ranks."""
         self.tokenizer: Optional[RunTokenizer] = None
         """The run's tokenizer (``context.load_run_tokenizer``), set by ``setup``."""
+        self.reward_units: Optional[rl_math.RewardUnits] = rl_math.RewardUnits()
+        """RM units → reward units; None until measured on the first rollouts (``ppo.normalize_reward``)."""
 
     def setup(self, *, resuming: bool) -> None:
         cfg, ppo = self.ctx.config, self.config
@@ -110,13 +112,15 @@ class PPO(Phase):
         self.ptx = build_pretrain_data(cfg.data, seq_len=ppo.loop.seq_len, seed=cfg.seed) if ppo.ptx_coef else None
         self.ptx_position = 0
         self.kl = rl_math.AdaptiveKL(value=ppo.kl_coef, target=ppo.target_kl)
+        if ppo.normalize_reward:
+            self.reward_units = None
         self._build_models(resuming=resuming)
 
     def _build_models(self, *, resuming: bool) -> None:
         sft = parent_state(self.ctx, parent="sft", tokenizer=self.tokenizer)
         rm = parent_state(self.ctx, parent="reward", tokenizer=self.tokenizer)
         ppo, seed = self.config, self.ctx.config.seed
-        common = dict(total_steps=ppo.loop.steps * ppo.ppo_epochs, seed=seed, ds_config=self.ctx.ds_config(),
+        common = dict(total_steps=ppo.schedule_steps, seed=seed, ds_config=self.ctx.ds_config(),
                       device_type=self.ctx.config.cluster.device_type,
                       timeout_minutes=self.ctx.config.launch.timeout_minutes)
         actor = build_runtime(self.model_config, ppo.layout, ppo.optim, head="lm",
@@ -142,18 +146,22 @@ class PPO(Phase):
     # --- one PPO step ---------------------------------------------------------------------------
     def train_step(self, step: int) -> StepOutcome:
         actor, critic = self.trained["actor"], self.trained["critic"]
-        layout = actor.layout
+        layout, minibatches = actor.layout, self.config.minibatches
         prompts = [self.micro_batch_at(self.position + i * layout.micro_batch * layout.dp,
                                        micro_batch=layout.micro_batch, dp_rank=actor.state.dp_rank, dp_size=layout.dp)
-                   for i in range(layout.grad_accum)]
-        self.position += layout.grad_accum * layout.micro_batch * layout.dp
+                   for i in range(layout.grad_accum * minibatches)]
+        self.position += len(prompts) * layout.micro_batch * layout.dp
         experience = [self.score(self.rollout(batch, step=step, index=i)) for i, batch in enumerate(prompts)]
+        if self.reward_units is None:
+            self.reward_units = self.measure_reward_units(experience)
         stats = self.advantages(experience)
         if self.labeller is not None:
             stats["rollout_oracle_score"] = self.rollout_oracle(prompts, experience)
+        groups = [experience[i::minibatches] for i in range(minibatches)]    # each: grad_accum micro-batches
         for _ in range(self.config.ppo_epochs):
-            actor_result = actor.train_step([self.with_ptx(e) for e in experience], loss_fn=self.actor_loss)
-            critic_result = critic.train_step(experience, loss_fn=self.critic_loss)
+            for group in groups:
+                actor_result = actor.train_step([self.with_ptx(e) for e in group], loss_fn=self.actor_loss)
+                critic_result = critic.train_step(group, loss_fn=self.critic_loss)
         if self.config.adaptive_kl:
             self.kl.update(stats["kl"])
         metrics = {**stats, **actor_result.metrics, **critic_result.metrics, "value_loss": critic_result.loss,
@@ -192,13 +200,25 @@ class PPO(Phase):
         batch["prompt_len"] = p          # a Python int: reading it never syncs with the device
         return batch
 
+    def measure_reward_units(self, experience: list[dict]) -> rl_math.RewardUnits:
+        """Mean and std of the RM score over the first step's rollouts (the SFT policy's, summed over
+        the data-parallel ranks), the origin and unit of the normalized reward."""
+        scores = torch.cat([b["score"].double() for b in experience])
+        n, total, squares = sums_over_ranks([len(scores), float(scores.sum()), float((scores ** 2).sum())],
+                                            device=scores.device, group=self.trained["actor"].state.dp_group)
+        mean = total / n
+        return rl_math.RewardUnits(offset=mean, scale=max((squares / n - mean ** 2) ** 0.5, 1e-6))
+
     def advantages(self, experience: list[dict]) -> dict[str, float]:
-        """Per-token rewards and GAE for every micro-batch; advantages whitened over the rank's rollout."""
+        """Per-token rewards and GAE for every micro-batch; advantages whitened over the rank's rollout.
+        The RM score and the critic's values enter in reward units (``ppo.normalize_reward``)."""
         ppo, totals = self.config, {"kl": 0.0, "reward": 0.0, "response_length": 0.0, "eos_rate": 0.0}
+        units = self.reward_units
         for batch in experience:
             mask = batch["response_mask"]
-            rewards, kl = rl_math.token_rewards(batch["score"], batch["old_logprobs"], batch["ref_logprobs"], mask,
-                                                kl_coef=self.kl.value)
+            batch["old_values"] = units.apply(batch["old_values"])
+            rewards, kl = rl_math.token_rewards(units.apply(batch["score"]), batch["old_logprobs"],
+                                                batch["ref_logprobs"], mask, kl_coef=self.kl.value)
             batch["advantages"], batch["returns"] = rl_math.gae(rewards, batch["old_values"], mask, gamma=ppo.gamma,
                                                                 lam=ppo.lam)
             responses = batch["sequences"][:, int(batch["prompt_len"]):]
@@ -206,9 +226,8 @@ class PPO(Phase):
             totals["reward"] += float(batch["score"].mean())
             totals["response_length"] += float(mask.sum(1).mean())
             totals["eos_rate"] += float(((responses == self.tokenizer.eos_id) & mask.bool()).any(1).float().mean())
-        all_adv = torch.cat([b["advantages"] for b in experience])
-        all_mask = torch.cat([b["response_mask"] for b in experience])
-        whitened = rl_math.masked_whiten(all_adv, all_mask).split([len(b["advantages"]) for b in experience])
+        whitened = rl_math.whiten_together([b["advantages"] for b in experience],
+                                           [b["response_mask"] for b in experience])
         for batch, adv in zip(experience, whitened):
             batch["advantages"] = adv
         return {key: value / len(experience) for key, value in totals.items()}
@@ -239,7 +258,7 @@ class PPO(Phase):
 
     def critic_loss(self, forward, batch: dict):
         p = int(batch["prompt_len"])
-        values = forward_rollout(forward, batch).logits[:, p - 1:-1].float()
+        values = self.reward_units.apply(forward_rollout(forward, batch).logits[:, p - 1:-1].float())
         mask = batch["response_mask"]
         loss = rl_math.value_loss(values, batch["old_values"], batch["returns"], mask, value_clip=self.config.value_clip)
         return loss, {"explained_variance": rl_math.explained_variance(values.detach(), batch["returns"], mask)}
@@ -291,11 +310,15 @@ class PPO(Phase):
         return self.sft_level
 
     def state(self) -> dict:
-        return {"position": self.position, "ptx_position": self.ptx_position, "kl_coef": self.kl.value}
+        units = self.reward_units
+        return {"position": self.position, "ptx_position": self.ptx_position, "kl_coef": self.kl.value,
+                "reward_units": None if units is None else dataclasses.asdict(units)}
 
     def restore(self, state: dict) -> None:
         self.position, self.ptx_position = int(state["position"]), int(state["ptx_position"])
         self.kl.value = float(state["kl_coef"])
+        if state.get("reward_units") is not None:
+            self.reward_units = rl_math.RewardUnits(**state["reward_units"])
 
     def flops_per_token(self) -> float:
         """Actor and critic trained (2 × 6N-style), plus forward passes of four models while scoring."""

@@ -52,6 +52,16 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
     return (values - mean) * torch.rsqrt(var + eps) * mask
 
 
+def whiten_together(values: list[torch.Tensor], masks: list[torch.Tensor], eps: float = 1e-8) -> list[torch.Tensor]:
+    """``masked_whiten`` over several (B_i, T_i) micro-batches at once: one mean and variance over
+    every real token of all of them (rollout micro-batches stop at their own longest response, so
+    their widths differ and they cannot be concatenated)."""
+    real = torch.cat([v[m.bool()] for v, m in zip(values, masks)])
+    mean = real.mean()
+    scale = torch.rsqrt(((real - mean) ** 2).mean() + eps)
+    return [(v - mean) * scale * m for v, m in zip(values, masks)]
+
+
 def token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                   mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: −β·(log π − log π_SFT) at every response token, plus the RM score at the last.
@@ -122,6 +132,19 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
     var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
     return 1.0 - var_residual / var_returns.clamp(min=1e-8)
+
+
+@dataclass(frozen=True)
+class RewardUnits:
+    """x ↦ (x − offset) / scale: the RM's (and the RM-initialised critic's) outputs in reward units.
+    Identity by default; with the SFT rollouts' mean and std as offset and scale, SFT's samples score
+    0 on average (InstructGPT §C.3's RM bias) with unit spread."""
+
+    offset: float = 0.0
+    scale: float = 1.0
+
+    def apply(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.offset) / self.scale
 
 
 @dataclass

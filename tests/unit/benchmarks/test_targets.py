@@ -164,3 +164,33 @@ def test_a_section_for_another_target_has_its_own_heading():
     assert CPU_FP32.heading("## X") == "## X"
     assert Target("cpu", "bf16").heading("## X") == "## X (cpu, bf16)"
     assert Target("cuda", "fp32").heading("## X") == "## X (cuda, fp32)"
+
+
+def rlhf_result(seed, *, sft, ppo, ptx, rm=0.93, kl=1.5, losses=(4.7, 4.8, 4.69)):
+    pipeline = {"pretrain": {"started": "2026-01-01T00:00:00", "metrics": {}},
+                "sft": {"metrics": {"oracle_score": sft, "pretrain_loss": losses[0]}},
+                "reward": {"metrics": {"pairwise_accuracy": rm}},
+                "ppo": {"finished": "2026-01-01T00:03:00", "metrics": {"oracle_score": ppo, "kl": kl,
+                                                                       "pretrain_loss": losses[1]}}}
+    return rlhf_seeds.seed_metrics(seed, pipeline, {"metrics": {"oracle_score": ptx, "kl": kl,
+                                                                "pretrain_loss": losses[2]}})
+
+
+def test_rlhf_section_checks_every_goal_per_seed_and_gives_mean_and_sd():
+    good = rlhf_result(1, sft=0.6, ppo=0.82, ptx=0.80)               # gain 0.22 ≥ 0.2; ptx keeps 91 %
+    short = rlhf_result(2, sft=0.6, ppo=0.75, ptx=0.74, rm=0.89)     # gain 0.15 < 0.2; RM below 0.90
+    assert rlhf_seeds.goals_met(good) == ["RM", "PPO", "ptx"]
+    assert rlhf_seeds.goals_met(short) == ["ptx"]
+    assert rlhf_seeds.goals_met(rlhf_result(3, sft=0.6, ppo=0.82, ptx=0.80, kl=2.5)) == ["RM", "ptx"]
+    text = rlhf_seeds.section([good, short], "cmd")
+    assert "| mean ± sd | 0.600 ± 0.000 | 0.910 ± 0.028 | 0.785 ± 0.049 | +0.185 ± 0.049 |" in text
+    assert "RM 1/2, PPO 1/2, PPO-ptx 2/2" in text
+
+
+def test_rlhf_seeds_never_rereads_an_old_root(tmp_path, capsys):
+    (tmp_path / "seed1").mkdir()
+    with pytest.raises(SystemExit):
+        rlhf_seeds.parse_args(["--root", str(tmp_path)])
+    assert "is not empty" in capsys.readouterr().err
+    args, _ = rlhf_seeds.parse_args([])
+    assert args.root.startswith("runs/bench-rlhf/") and not Path(args.root).exists()

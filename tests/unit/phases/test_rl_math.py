@@ -90,3 +90,17 @@ def test_adaptive_kl_raises_beta_when_kl_is_above_target():
     controller = rl_math.AdaptiveKL(value=0.02, target=1.0)
     assert controller.update(kl=3.0) == pytest.approx(0.02 * 1.02)
     assert controller.update(kl=0.0) < 0.02 * 1.02
+
+
+def test_advantages_of_micro_batches_of_different_widths_are_whitened_as_one_rollout():
+    torch.manual_seed(0)
+    short, long = torch.randn(3, 4), torch.randn(2, 7)              # rollouts that stopped at 4 and 7 tokens
+    short_mask, long_mask = torch.ones(3, 4), torch.ones(2, 7)
+    short_mask[0, 2:] = 0
+    long_mask[1, 5:] = 0
+    together = rl_math.whiten_together([short, long], [short_mask, long_mask])
+    padded = torch.cat([torch.nn.functional.pad(short, (0, 3)), long])
+    padded_mask = torch.cat([torch.nn.functional.pad(short_mask, (0, 3)), long_mask])
+    reference = rl_math.masked_whiten(padded, padded_mask)          # the same tokens, padded to one width
+    assert torch.allclose(together[0], reference[:3, :4], atol=1e-6)
+    assert torch.allclose(together[1], reference[3:], atol=1e-6)
