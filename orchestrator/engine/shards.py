@@ -150,10 +150,16 @@ def write_fragment(optimizer, fragment: Fragment, values: dict[str, Tensor]) -> 
 
 
 def refresh_model_weights(engine) -> None:
-    """ZeRO 1/2 / BF16: every model weight from the fp32 partitions just written. Collective."""
-    update = getattr(engine.optimizer, "update_lp_params", None)
-    if update is not None and not hasattr(engine.optimizer, "fp32_partitioned_groups_flat"):
-        update()
+    """ZeRO 1/2 / BF16: every model weight from the fp32 partitions just written, and each
+    parameter's ``_hp_mapping`` linked to the optimizer state just created (as DeepSpeed does
+    after its first step, so ``safe_get_full_optimizer_state`` works at once). Collective."""
+    optimizer = engine.optimizer
+    if hasattr(optimizer, "fp32_partitioned_groups_flat") or not hasattr(optimizer, "update_lp_params"):
+        return                                        # ZeRO 3 and ZeRO 0 wrote the module's copy directly
+    optimizer.update_lp_params()
+    link = getattr(optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
 
 
 def stores(fragment: Fragment, state: ParallelState, *, zero_stage: int) -> bool:
