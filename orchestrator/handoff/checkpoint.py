@@ -77,6 +77,14 @@ def write_rank_sums(directory: Path, stem: str, hashes: dict[str, str]) -> Path:
     return path
 
 
+def hash_share(directory: Path, under: str, *, rank: int, world: int) -> dict[str, str]:
+    """sha256 of this rank's share of the files below ``directory/under`` (every ``world``-th, in
+    sorted order), relative to ``directory``: the files another writer (DeepSpeed) left, hashed by
+    all ranks in parallel. Call after a barrier, once they are all written."""
+    files = files_under(Path(directory) / under)
+    return {f.relative_to(directory).as_posix(): sha256_file(f) for f in files[rank::world]}
+
+
 def _rank_sums(directory: Path) -> dict[str, str]:
     """{path relative to ``directory``: sha256} from every ``*.sha256`` a rank wrote under it."""
     known = {}

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 def save_checkpoint(phase: Phase, *, step: int, skipped_total: int) -> Path:
     """Every rank writes into a staging directory; rank 0 commits it atomically (handoff.checkpoint).
     With ``loop.reshardable_checkpoints`` each rank also writes its sharded fp32 state and hashes
-    it itself (``handoff.sharded``): nothing is gathered."""
+    it itself (``handoff.sharded``): nothing is gathered. DeepSpeed's files are hashed by all
+    ranks, each its share; rank 0's commit reads only the small files left."""
     from orchestrator.handoff import checkpoint as ckpt
     from orchestrator.handoff import sharded
 
@@ -45,6 +46,10 @@ def save_checkpoint(phase: Phase, *, step: int, skipped_total: int) -> Path:
     _save_rng(staging, ctx.rank)
     if ctx.is_main:
         (staging / ckpt.LOOP_STATE_FILE).write_text(json.dumps(client))
+    outputs.barrier()
+    for name in phase.trained:          # DeepSpeed's files: every rank hashes its share, not rank 0 alone
+        ckpt.write_rank_sums(staging / name, f"{sharded.rank_stem(ctx.rank)}.deepspeed",
+                             ckpt.hash_share(staging / name, "state", rank=ctx.rank, world=ctx.world))
     outputs.barrier()
     final = ctx.checkpoint_root / tag
     if ctx.is_main:

@@ -57,3 +57,12 @@ def test_a_dp2_zero3_checkpoint_resumes_under_tp2_with_its_adam_moments(tmp_path
                                        "rank00001.safetensors"]
     assert result["load"]["layout"] == {"tp": 2, "pp": 1, "dp": 1, "zero_stage": 0, "grad_accum": 4}
     assert_resumed_with_its_optimizer_state(result["save"], result["load"])
+
+
+def test_a_tp2_pp2_dp2_checkpoint_resumes_under_dp4_zero2_with_its_adam_moments(tmp_path):
+    """Eight ranks save (TP2 × PP2 × DP2, ZeRO-1, tied embedding on two stages), four load."""
+    saved = run_worker(tmp_path, nproc=8, case="tp2_pp2_dp2_to_dp4_zero2", role="save")["save"]
+    assert len(saved["files"]) == 8 * 2                        # every rank its .safetensors and .json
+    loaded = run_worker(tmp_path, nproc=4, case="tp2_pp2_dp2_to_dp4_zero2", role="load")["load"]
+    assert loaded["layout"] == {"tp": 1, "pp": 1, "dp": 4, "zero_stage": 2, "grad_accum": 2}
+    assert_resumed_with_its_optimizer_state(saved, loaded)

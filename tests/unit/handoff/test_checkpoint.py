@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from orchestrator.handoff.checkpoint import (CONSOLIDATED_FILE, LOOP_STATE_FILE, SUMS_FILE, commit,
+from orchestrator.handoff.checkpoint import (CONSOLIDATED_FILE, LOOP_STATE_FILE, SUMS_FILE, commit, hash_share,
                                              committed_checkpoints, latest_checkpoint, prune_checkpoints,
                                              read_sums, relayout_refusal, staging_dir, step_tag, verify_checkpoint,
                                              write_rank_sums)
@@ -151,3 +151,14 @@ def test_the_commit_takes_the_digests_each_rank_computed_and_verification_still_
     assert read_sums(commit(tmp_path, step_tag(8), staging))["state/rank1.pt"] == "0" * 64   # not re-read
     with pytest.raises(HandoffError, match="rank1.pt .* does not match SHA256SUMS"):
         verify_checkpoint(tmp_path / step_tag(8))
+
+
+def test_ranks_hash_disjoint_shares_that_cover_every_file(tmp_path):
+    staging = save(tmp_path, 9, ranks=5)
+    shares = [hash_share(staging, "state", rank=rank, world=2) for rank in range(2)]
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted({**shares[0], **shares[1]}) == [f"state/rank{r}.pt" for r in range(5)]
+    for rank, share in enumerate(shares):
+        write_rank_sums(staging, f"rank{rank:05d}.deepspeed", share)
+    hashes = verify_checkpoint(commit(tmp_path, step_tag(9), staging))
+    assert {name: hashes[name] for name in shares[0]} == shares[0]
