@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from orchestrator.engine.master import trains_in_16_bit
+from orchestrator.engine.master import _unfused_master as unfused_master, trains_in_16_bit
 from orchestrator.engine.parallel import ParallelState
 from orchestrator.handoff.sharded import KINDS, MASTER, MOMENTS, Region, ShardedReader, write_rank_shards
 from orchestrator.model.params import Shard
@@ -100,9 +100,7 @@ def _fragment(engine, param: nn.Parameter, shard: Shard) -> Optional[Fragment]:
 
 
 def _unfused_master(optimizer, param: nn.Parameter) -> Tensor:
-    from orchestrator.engine.master import _unfused_master as find
-
-    master = find(optimizer, param)
+    master = unfused_master(optimizer, param)
     if master is None:
         raise RuntimeError(f"no fp32 master for a parameter of shape {tuple(param.shape)} in DeepSpeed's "
                            f"{type(optimizer).__name__}: this DeepSpeed version keeps them elsewhere")
@@ -123,11 +121,13 @@ def fragment_tensors(fragment: Fragment, optimizer: torch.optim.Optimizer) -> di
 @torch.no_grad()
 def ensure_adam_state(optimizer: torch.optim.Optimizer, fragments: list[Fragment], *, step: int) -> None:
     """AdamW's state for every flat tensor of ``fragments`` as its first step would create it, at
-    ``step`` (torch keeps ``step`` as a float tensor; the moments zero until loaded)."""
+    ``step`` (torch keeps ``step`` as a float32 tensor, on the parameter's device for the fused
+    kernel; the moments zero until loaded)."""
+    on_device = bool(optimizer.defaults.get("fused") or optimizer.defaults.get("capturable"))
     for flat in {id(f.flat): f.flat for f in fragments}.values():
         state = optimizer.state[flat]
         if "exp_avg" not in state:
-            state["step"] = torch.tensor(float(step), dtype=torch.float32)
+            state["step"] = torch.tensor(float(step), dtype=torch.float32, device=flat.device if on_device else "cpu")
             state["exp_avg"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
         else:
