@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -202,6 +203,14 @@ class _Source:
     region: Region
     keys: dict[str, str]
 
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """The lowest and highest global flat index this fragment holds: ``local_to_global`` is
+        increasing (row-major order survives the TP cut), so the ends of the range give them."""
+        ends = local_to_global(self.region, torch.tensor([self.region.start, self.region.start + self.region.numel - 1]))
+        last = int(ends[1]) if int(ends[1]) >= 0 else math.prod(self.region.global_shape) - 1   # ends in padding
+        return int(ends[0]), last
+
 
 class ShardedReader:
     """Every rank's index of one model's sharded checkpoint (``MODEL/shards``), read lazily."""
@@ -239,7 +248,13 @@ class ShardedReader:
         wanted = local_to_global(target, torch.arange(target.start, target.start + target.numel))
         out = torch.zeros(target.numel, dtype=torch.float32)
         missing = wanted >= 0                     # padding rows stay 0
+        if not bool(missing.any()):
+            return out
+        low, high = int(wanted[missing].min()), int(wanted.max())
         for source in sources:
+            first, last = source.bounds
+            if last < low or first > high:        # holds nothing of this region: not opened
+                continue
             if not bool(missing.any()):
                 break
             position = global_to_local(source.region, wanted.clamp_min(0)) - source.region.start

@@ -119,3 +119,15 @@ def test_a_missing_rank_file_or_another_model_is_refused(tmp_path):
         reader.read(other, "master")
     with pytest.raises(HandoffError, match="no tensor 'h.9.mlp.c_fc.bias'"):
         reader.read(Region(Shard("h.9.mlp.c_fc.bias"), (32,), (32,), 0, 32), "master")
+
+
+def test_a_reader_opens_only_the_rank_files_that_hold_part_of_its_region(tmp_path):
+    plain = plain_tensors()
+    write_layout(tmp_path, plain, tp=1, dp=2)
+    (tmp_path / "rank00001.safetensors").unlink()          # rank 1 holds the second half of every tensor
+    reader = ShardedReader(tmp_path)
+    first_half = tp_region("h.0.attn.c_attn.weight", tp=1, tp_rank=0, dp=2, dp_rank=0)
+    assert torch.equal(reader.read(first_half, "exp_avg"), fragment(plain[first_half.name]["exp_avg"], first_half))
+    assert [path.name for path in reader._open] == ["rank00000.safetensors"]
+    with pytest.raises(Exception, match="rank00001.safetensors|No such file"):
+        reader.read(tp_region("h.0.attn.c_attn.weight", tp=2, tp_rank=0), "exp_avg")   # needs both halves
