@@ -2,8 +2,7 @@
 
 ``--role save``: train the tiny GPT under the case's source layout for ``SAVE_AT`` steps, write
 the sharded checkpoint (``Runtime.save_sharded``), record the Adam moments of every tensor as
-DeepSpeed itself reports them (``safe_get_full_optimizer_state``, reassembled over TP and PP by
-the consolidation code) and the fp32 weights, then go on for ``AFTER`` steps: the uninterrupted
+DeepSpeed keeps them (``_full_state``, reassembled over TP and PP by the consolidation code) and the fp32 weights, then go on for ``AFTER`` steps: the uninterrupted
 run's losses. ``--role load``: build the target layout, load the checkpoint
 (``Runtime.load_sharded``), report how far its moments are from the saved ones and the losses of
 the same ``AFTER`` steps; and, as a control, the same steps from the same weights with restarted
@@ -27,8 +26,9 @@ from orchestrator.config.run import OptimConfig
 from orchestrator.engine.build import build_runtime, init_distributed
 from orchestrator.engine.consolidate import gather_plain_state
 from orchestrator.engine.parallel import shutdown_distributed
-from orchestrator.engine.shards import torch_optimizer
+from orchestrator.engine.shards import local_fragments, torch_optimizer
 from orchestrator.handoff.sharded import MOMENTS
+from orchestrator.model.params import Shard
 from orchestrator.plan.layout import Layout
 
 from runtime_worker import MICRO_BATCH, SEED, _forget_deepspeed_mpu, model_config, step_batches
@@ -60,12 +60,23 @@ def train(runtime, steps: range) -> list[float]:
 
 
 def _full_state(runtime, param, key: str) -> torch.Tensor:
-    """``param``'s moment ``key`` over data parallelism (its TP piece), as DeepSpeed reports it. Collective."""
-    if hasattr(param, "ds_id") or hasattr(param, "_hp_mapping"):
+    """``param``'s moment ``key`` over data parallelism (its TP piece), as DeepSpeed keeps it. Collective.
+
+    ZeRO 3: ``safe_get_full_optimizer_state``. ZeRO 1/2: this rank's fragment at the addresses of
+    ``param._hp_mapping``, all-reduced over its data-parallel group (what DeepSpeed's
+    ``get_full_hp_param`` does; its own call needs the fragments linked, which DeepSpeed's
+    pipeline engine leaves undone under ZeRO-1)."""
+    if hasattr(param, "ds_id"):
         from deepspeed.utils import safe_get_full_optimizer_state
 
-        value = safe_get_full_optimizer_state(param, key)
-        return value.view(param.ds_shape if hasattr(param, "ds_id") else param.shape)
+        return safe_get_full_optimizer_state(param, key).view(param.ds_shape)
+    if hasattr(param, "_hp_mapping"):
+        buffer = torch.zeros(param.numel(), dtype=torch.float32)
+        for fragment in local_fragments(runtime.engine, [(param, Shard("any"))]):
+            buffer.narrow(0, fragment.region.start, fragment.region.numel).copy_(
+                fragment.moment(torch_optimizer(runtime.engine), key))
+        dist.all_reduce(buffer, group=param._dp_group)
+        return buffer.view(param.shape)
     return torch_optimizer(runtime.engine).state[param][key]
 
 
