@@ -73,6 +73,10 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accounting", choices=["deepspeed", "zero-paper"], default="deepspeed",
                         help="model-state memory accounting (deepspeed: what the runtime allocates)")
     parser.add_argument("--train-tokens", type=count, default=300e9, help="tokens to train on, for days (300B)")
+    parser.add_argument("--storage-gbps", type=float, metavar="GB/s",
+                        help="aggregate write bandwidth of the checkpoint file system (default 1000 on GPUs, 1 on cpu)")
+    parser.add_argument("--storage-node-gbps", type=float, metavar="GB/s",
+                        help="write bandwidth one node reaches on it (default 10 on GPUs, 1 on cpu)")
 
 
 def build_job(args: argparse.Namespace) -> Job:
@@ -81,7 +85,11 @@ def build_job(args: argparse.Namespace) -> Job:
     if outside:
         raise ConfigError(f"--set {outside[0]}: only model.* fields can be overridden here")
     model = resolve_model(apply_overrides({"model": args.model}, args.overrides)["model"])
-    cluster = make_cluster(gpu=args.gpu, gpus=args.gpus, gpus_per_node=args.gpus_per_node)
+    for flag, value in (("--storage-gbps", args.storage_gbps), ("--storage-node-gbps", args.storage_node_gbps)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} {value:g}: must be > 0 GB/s (or leave it out for the default)")
+    cluster = make_cluster(gpu=args.gpu, gpus=args.gpus, gpus_per_node=args.gpus_per_node,
+                           storage_bandwidth=gbps(args.storage_gbps), storage_node_bandwidth=gbps(args.storage_node_gbps))
     seq = model.ctx if args.seq is None else args.seq
     if not 1 <= seq <= model.ctx:
         raise ValueError(f"--seq {seq}: must be in 1..{model.ctx} (the model's context); "
@@ -99,6 +107,11 @@ def build_job(args: argparse.Namespace) -> Job:
     return Job(model=model, cluster=cluster, seq=seq, batch=batch, precision=precision, accounting=args.accounting,
                ppo=args.ppo, offload_frozen=args.offload_frozen,
                train_tokens=args.train_tokens)
+
+
+def gbps(value: float | None) -> float | None:
+    """GB/s from the command line → bytes/s (None stays None: the preset's default)."""
+    return None if value is None else value * 1e9
 
 
 def build_fixed(args: argparse.Namespace) -> Fixed:
@@ -146,16 +159,18 @@ def header(job: Job, result: SearchResult, seconds: float) -> str:
 
 
 def format_table(plans: list[Plan]) -> str:
-    header_row = ["#", "layout", "GiB/GPU", "step s", "tokens/s", "MFU", "bubble", "days"]
+    header_row = ["#", "layout", "GiB/GPU", "step s", "tokens/s", "MFU", "bubble", "days", "ckpt s"]
     rows = [[str(i + 1), describe_layout(plan.layout) + (" (plan only)" if plan.plan_only else ""),
              f"{plan.prediction.memory_gib:.1f}",
              f"{plan.prediction.step_time_s:.3g}", f"{plan.prediction.tokens_per_s:,.0f}",
              f"{plan.prediction.mfu:.1%}", f"{plan.prediction.bubble_fraction:.1%}",
-             f"{plan.prediction.days_to_train:.1f}"] for i, plan in enumerate(plans)]
+             f"{plan.prediction.days_to_train:.1f}", f"{plan.prediction.checkpoint_save_s:.3g}"]
+            for i, plan in enumerate(plans)]
     widths = [max(len(header_row[c]), *(len(row[c]) for row in rows)) for c in range(len(header_row))]
     line = lambda cells: "  ".join(cell.ljust(w) if c == 1 else cell.rjust(w)  # noqa: E731
                                    for c, (cell, w) in enumerate(zip(cells, widths)))
-    days_note = f"(days: to train {plans[0].train_tokens / 1e9:g}B tokens)"
+    days_note = (f"(days: to train {plans[0].train_tokens / 1e9:g}B tokens; ckpt s: one sharded checkpoint "
+                 f"written at the storage bandwidth)")
     return "\n".join([line(header_row), line(["-" * w for w in widths]), *map(line, rows), days_note])
 
 
@@ -215,6 +230,8 @@ def describe_plan(plan: Plan) -> str:
              f"{p.tflops_per_gpu:.0f} TFLOP/s per GPU, bubble {p.bubble_fraction:.1%}, "
              f"{p.days_to_train:.1f} days for {plan.train_tokens / 1e9:g}B tokens",
              "  time     " + ", ".join(f"{k} {v:.3g}" for k, v in p.time_breakdown_s.items()),
+             f"  ckpt     {p.checkpoint_gib_per_rank:.3g} GiB per rank, {p.checkpoint_total_gib:,.0f} GiB in all, "
+             f"written in {p.checkpoint_save_s:.3g} s",
              f"  stages   {plan.layers_per_stage} layers, vocab padded to {plan.padded_vocab}"]
     if plan.ppo_models_gib:
         lines.append("  ppo      " + ", ".join(f"{k} {v:.2f} GiB" for k, v in plan.ppo_models_gib.items()))

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import platform
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 GiB = 2**30
 
@@ -53,11 +53,26 @@ class Cluster:
     device: DeviceSpec
     nodes: int = 1
     gpus_per_node: int = 8
+    storage_bandwidth: Optional[float] = None
+    """Aggregate write bandwidth of the shared file system checkpoints go to, bytes/s (None: the
+    kind's default, ``DEFAULT_STORAGE``)."""
+    storage_node_bandwidth: Optional[float] = None
+    """Write bandwidth one node reaches on that file system, bytes/s (None: the kind's default)."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1:
             raise ValueError(f"cluster needs nodes >= 1 and gpus_per_node >= 1, "
                              f"got nodes {self.nodes}, gpus_per_node {self.gpus_per_node}")
+        for name in ("storage_bandwidth", "storage_node_bandwidth"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} {value}: must be > 0 bytes/s (or left out for the default)")
+
+    @property
+    def storage(self) -> tuple[float, float]:
+        """(aggregate, per-node) checkpoint write bandwidth in bytes/s, defaults filled in."""
+        aggregate, per_node = DEFAULT_STORAGE[self.device.kind]
+        return (self.storage_bandwidth or aggregate, self.storage_node_bandwidth or per_node)
 
     @property
     def world(self) -> int:
@@ -77,6 +92,13 @@ class Cluster:
 
     def describe(self) -> str:
         return f"{self.nodes} × {self.gpus_per_node} {self.device.name} ({self.world} ranks)"
+
+
+# Checkpoint storage when the user does not say (``--storage-gbps``, ``--storage-node-gbps``):
+# an assumption, not a datasheet. GPU clusters: a parallel file system (Lustre, GPFS, WEKA) that
+# takes 1 TB/s in all and 10 GB/s from one node (about one 100 Gb/s storage NIC's worth once the
+# client stack is paid); this machine: one local disk at 1 GB/s.
+DEFAULT_STORAGE: dict[str, tuple[float, float]] = {"gpu": (1e12, 10e9), "cpu": (1e9, 1e9)}
 
 
 # --- GPU presets ----------------------------------------------------------------------------
@@ -157,7 +179,8 @@ def get_device(name: str) -> DeviceSpec:
         raise ValueError(f"unknown gpu {name!r}: choose one of {', '.join(DEVICES)}") from None
 
 
-def make_cluster(*, gpu: str, gpus: int, gpus_per_node: int = 8) -> Cluster:
+def make_cluster(*, gpu: str, gpus: int, gpus_per_node: int = 8, storage_bandwidth: Optional[float] = None,
+                 storage_node_bandwidth: Optional[float] = None) -> Cluster:
     """``gpus`` devices of preset ``gpu``, ``gpus_per_node`` to a node (fewer than a node: one node).
 
     >>> make_cluster(gpu="h100-80g", gpus=4096).nodes
@@ -167,10 +190,11 @@ def make_cluster(*, gpu: str, gpus: int, gpus_per_node: int = 8) -> Cluster:
         raise ValueError(f"--gpus {gpus}: need at least one device")
     if gpus_per_node < 1:
         raise ValueError(f"--gpus-per-node {gpus_per_node}: need at least one device per node")
+    storage = dict(storage_bandwidth=storage_bandwidth, storage_node_bandwidth=storage_node_bandwidth)
     if gpus <= gpus_per_node:
-        return Cluster(device=get_device(gpu), nodes=1, gpus_per_node=gpus)
+        return Cluster(device=get_device(gpu), nodes=1, gpus_per_node=gpus, **storage)
     if gpus % gpus_per_node:
         lower, upper = gpus // gpus_per_node * gpus_per_node, -(-gpus // gpus_per_node) * gpus_per_node
         raise ValueError(f"--gpus {gpus} is not a whole number of nodes of {gpus_per_node}: "
                          f"use {lower} or {upper}, or change --gpus-per-node")
-    return Cluster(device=get_device(gpu), nodes=gpus // gpus_per_node, gpus_per_node=gpus_per_node)
+    return Cluster(device=get_device(gpu), nodes=gpus // gpus_per_node, gpus_per_node=gpus_per_node, **storage)

@@ -14,6 +14,7 @@ from orchestrator import __version__
 from orchestrator.config.cluster import GiB
 from orchestrator.config.loader import from_dict, to_dict
 from orchestrator.config.model import GPTConfig
+from orchestrator.plan.checkpoint import checkpoint_cost
 from orchestrator.plan.evaluate import Evaluation
 from orchestrator.plan.job import Job
 from orchestrator.plan.layout import Layout
@@ -39,6 +40,11 @@ class Prediction:
     bubble_fraction: float
     days_to_train: float
     time_breakdown_s: dict[str, float]
+    checkpoint_gib_per_rank: float = 0.0
+    """What the heaviest rank writes per checkpoint (fp32 masters and Adam moments, ``plan.checkpoint``)."""
+    checkpoint_total_gib: float = 0.0
+    checkpoint_save_s: float = 0.0
+    """Seconds to write one checkpoint at the cluster's storage bandwidth."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ class Plan:
             "cpu_memory_gib_per_node": prediction.cpu_memory_gib_per_node, "step_time_s": prediction.step_time_s,
             "tokens_per_s": prediction.tokens_per_s, "mfu": prediction.mfu,
             "tflops_per_gpu": prediction.tflops_per_gpu, "days_to_train": prediction.days_to_train,
+            "checkpoint_gib_per_rank": prediction.checkpoint_gib_per_rank,
+            "checkpoint_total_gib": prediction.checkpoint_total_gib, "checkpoint_save_s": prediction.checkpoint_save_s,
             "warnings": list(self.warnings), "plan_only": list(self.plan_only),
         }
 
@@ -110,12 +118,15 @@ def predict(evaluation: Evaluation, job: Job) -> Prediction:
     time_breakdown = {name + "_per_micro_batch": _round(value) for name, value in parts.items()}
     time_breakdown.update(pipeline=_round(step.pipeline_s), dp_exposed=_round(step.dp_exposed_s),
                           dp_total=_round(step.dp_comm_s), optimizer=_round(step.optimizer_s))
+    checkpoint = checkpoint_cost(evaluation.layout, job)
     return Prediction(
         memory_gib=_round(memory.total / GiB), memory_breakdown_gib=memory.breakdown.gib(),
         memory_stage=memory.stage, cpu_memory_gib_per_node=_round(memory.cpu_bytes_per_node / GiB),
         step_time_s=_round(step.step_s), tokens_per_s=_round(step.tokens_per_s), mfu=_round(step.mfu, 3),
         tflops_per_gpu=_round(step.tflops_per_gpu), bubble_fraction=_round(step.bubble_fraction, 3),
-        days_to_train=_round(step.days_to_train(job.train_tokens)), time_breakdown_s=time_breakdown)
+        days_to_train=_round(step.days_to_train(job.train_tokens)), time_breakdown_s=time_breakdown,
+        checkpoint_gib_per_rank=_round(checkpoint.bytes_per_rank / GiB),
+        checkpoint_total_gib=_round(checkpoint.total_bytes / GiB), checkpoint_save_s=_round(checkpoint.save_s))
 
 
 def make_plan(evaluation: Evaluation, job: Job) -> Plan:

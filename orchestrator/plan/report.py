@@ -111,6 +111,12 @@ def layout_report(evaluation: Evaluation, job: Job) -> LayoutReport:
         prediction=predict(evaluation, job) if priced else None, ppo_models_gib=dict(evaluation.ppo_models_gib))
 
 
+def storage(job: Job) -> str:
+    """The storage bandwidths the checkpoint time assumes, for the text reports."""
+    aggregate, per_node = job.cluster.storage
+    return f"storage {aggregate / 1e9:g} GB/s in all, {per_node / 1e9:g} GB/s per node"
+
+
 def describe_report(report: LayoutReport, job: Job) -> str:
     """The text form: verdict, every reason, then the numbers."""
     verdict = "runs" if report.runnable else "refused"
@@ -128,7 +134,9 @@ def describe_report(report: LayoutReport, job: Job) -> str:
                   + (f"; host {p.cpu_memory_gib_per_node:.0f} GiB per node" if p.cpu_memory_gib_per_node else ""),
                   f"  step     {p.step_time_s:.3g} s, {p.tokens_per_s:,.0f} tokens/s, MFU {p.mfu:.1%}, "
                   f"bubble {p.bubble_fraction:.1%}, {p.days_to_train:.1f} days for {job.train_tokens / 1e9:g}B tokens",
-                  "  time     " + ", ".join(f"{k} {v:.3g}" for k, v in p.time_breakdown_s.items())]
+                  "  time     " + ", ".join(f"{k} {v:.3g}" for k, v in p.time_breakdown_s.items()),
+                  f"  ckpt     {p.checkpoint_gib_per_rank:.3g} GiB per rank, {p.checkpoint_total_gib:,.0f} GiB in all, "
+                  f"written in {p.checkpoint_save_s:.3g} s ({storage(job)})"]
     else:
         lines.append("  (no numbers: the memory and time models need every degree ≥ 1 and no empty stage)")
     lines.append(f"  stages   {report.layers_per_stage} layers, vocab padded to {report.padded_vocab}")
