@@ -235,10 +235,10 @@ class LoopConfig:
     keep_checkpoints: int = 2
     """Committed checkpoints kept on disk (older ones are pruned after each save)."""
     reshardable_checkpoints: bool = True
-    """Also store each trained model's full weights in every checkpoint, so an interrupted phase
-    can resume under another layout. Each save then gathers the whole model on rank 0 (a
-    collective, and host RAM for the whole model): turn it off for large models; a resume must
-    then keep the checkpoint's layout (another one is refused before launch)."""
+    """Also write each rank's fp32 weights and Adam moments in the sharded format
+    (``CHECKPOINT/MODEL/shards``: every rank its own, nothing gathered), so an interrupted phase
+    can resume under another layout with its optimizer state. Off: a resume must keep the
+    checkpoint's layout (another one is refused before launch)."""
     max_bad_steps: int = 3
     """NaN/inf losses in a row before the run stops (each one skips its step)."""
 

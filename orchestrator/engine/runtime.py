@@ -209,6 +209,20 @@ class Runtime:
         if trains_in_16_bit(self.engine):   # … and in 16 bits their exact fp32 values, not the rounding
             set_fp32_masters(self.engine, shards, state_dict)
 
+    def save_sharded(self, directory: str | Path) -> dict[str, str]:
+        """This rank's fp32 masters and Adam moments into ``directory`` (``handoff.sharded``): no
+        gather, not collective. Returns {file name: sha256} of the files it wrote."""
+        from orchestrator.engine.shards import save_rank_shards
+
+        return save_rank_shards(self.engine, self._shards(), Path(directory), state=self.state)
+
+    def load_sharded(self, directory: str | Path) -> None:
+        """Weights, fp32 masters and Adam moments from a sharded checkpoint written under any
+        layout; each rank reads only the regions it holds. Collective (ZeRO 1/2 all-gather)."""
+        from orchestrator.engine.shards import load_rank_shards
+
+        load_rank_shards(self.engine, self._shards(), Path(directory))
+
     def module_for_inference(self) -> GPT:
         """The whole GPT module (pp = 1) for forward passes with a KV cache (PPO rollouts)."""
         if self.layout.pp > 1:

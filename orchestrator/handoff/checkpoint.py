@@ -5,7 +5,9 @@ usable:
 
 1. **staging** — every rank writes its shards into ``root/.TAG.staging`` (``staging_dir``);
 2. **commit** — after a barrier, rank 0 writes ``SHA256SUMS`` (one ``<sha256>  <path>`` line
-   per file, the ``sha256sum`` format), fsyncs every file and directory, renames the staging
+   per file, the ``sha256sum`` format; a rank that hashed its own files while writing them left
+   the digests in ``*.sha256`` beside them, ``write_rank_sums``, and those files are not read
+   again), fsyncs every file and directory, renames the staging
    directory to ``root/TAG`` and then atomically replaces the ``latest`` pointer file;
 3. **committed** — ``root/TAG`` with a ``SHA256SUMS`` that ``verify_checkpoint`` checks.
 
@@ -39,6 +41,7 @@ from orchestrator.handoff.hashing import atomic_write_text, files_under, fsync_p
 SUMS_FILE = "SHA256SUMS"
 LATEST_FILE = "latest"
 STAGING_SUFFIX = ".staging"
+RANK_SUMS_SUFFIX = ".sha256"
 REPLACED_SUFFIX = ".replaced"
 
 
@@ -66,10 +69,41 @@ def staging_dir(root: Path | str, tag: str) -> Path:
     return path
 
 
+def write_rank_sums(directory: Path, stem: str, hashes: dict[str, str]) -> Path:
+    """Record the sha256 a rank computed of its own files (names relative to ``directory``) in
+    ``directory/STEM.sha256``, so the commit takes them instead of re-reading those files."""
+    path = Path(directory) / f"{stem}{RANK_SUMS_SUFFIX}"
+    path.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(hashes.items())))
+    return path
+
+
+def hash_share(directory: Path, under: str, *, rank: int, world: int) -> dict[str, str]:
+    """sha256 of this rank's share of the files below ``directory/under`` (every ``world``-th, in
+    sorted order), relative to ``directory``: the files another writer (DeepSpeed) left, hashed by
+    all ranks in parallel. Call after a barrier, once they are all written."""
+    files = files_under(Path(directory) / under)
+    return {f.relative_to(directory).as_posix(): sha256_file(f) for f in files[rank::world]}
+
+
+def _rank_sums(directory: Path) -> dict[str, str]:
+    """{path relative to ``directory``: sha256} from every ``*.sha256`` a rank wrote under it."""
+    known = {}
+    for sums in directory.rglob(f"*{RANK_SUMS_SUFFIX}"):
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            known[(sums.parent / name).relative_to(directory).as_posix()] = digest
+    return known
+
+
 def write_sums(directory: Path) -> dict[str, str]:
-    """Hash every file of ``directory`` into its ``SHA256SUMS``; return the hashes."""
-    hashes = {f.relative_to(directory).as_posix(): sha256_file(f)
-              for f in files_under(directory) if f.name != SUMS_FILE or f.parent != directory}
+    """Hash every file of ``directory`` into its ``SHA256SUMS``; return the hashes. Files whose
+    rank recorded their hash while writing them (``write_rank_sums``) are not read again."""
+    known = _rank_sums(directory)
+    hashes = {}
+    for f in files_under(directory):
+        name = f.relative_to(directory).as_posix()
+        if f.name != SUMS_FILE or f.parent != directory:
+            hashes[name] = known[name] if name in known else sha256_file(f)
     if not hashes:
         raise HandoffError(f"checkpoint staging directory {directory} is empty: nothing was saved into it")
     lines = "".join(f"{digest}  {name}\n" for name, digest in hashes.items())
@@ -243,8 +277,8 @@ def prune_checkpoints(root: Path | str, *, keep: int) -> list[Path]:
 LOOP_STATE_FILE = "loop_state.json"
 """The train loop's state in a checkpoint: step, data position, and each trained model's layout."""
 CONSOLIDATED_FILE = "consolidated.pt"
-"""A trained model's full weights in a checkpoint (``MODEL/consolidated.pt``), present unless the
-phase ran with ``loop.reshardable_checkpoints: false``; they let a resume change layout."""
+"""A trained model's full weights (``MODEL/consolidated.pt``) in checkpoints written before the
+sharded files (``MODEL/shards``, ``handoff.sharded``); still read by a resume that changes layout."""
 
 
 def layout_brief(layout: dict) -> str:
@@ -255,16 +289,17 @@ def relayout_refusal(checkpoint: Path | str, layout: dict) -> str | None:
     """Why ``checkpoint`` cannot be resumed under ``layout`` (a ``Layout`` as a dict), or None.
 
     Under the layout that saved it, DeepSpeed's own files restore everything; under another one
-    the loop reshards the consolidated weights, which a checkpoint saved with
-    ``loop.reshardable_checkpoints: false`` does not hold.
+    the loop reads the sharded fp32 state (or an older checkpoint's consolidated weights), which a
+    checkpoint saved with ``loop.reshardable_checkpoints: false`` does not hold.
     """
     checkpoint = Path(checkpoint)
     state_file = checkpoint / LOOP_STATE_FILE
     if not state_file.is_file():
         return None
     for name, saved in json.loads(state_file.read_text())["layouts"].items():
-        if saved != layout and not (checkpoint / name / CONSOLIDATED_FILE).is_file():
-            return (f"checkpoint {checkpoint} was saved under layout {layout_brief(saved)} without consolidated "
-                    f"weights (loop.reshardable_checkpoints: false), and this run's layout is {layout_brief(layout)}: "
+        reshardable = (checkpoint / name / "shards").is_dir() or (checkpoint / name / CONSOLIDATED_FILE).is_file()
+        if saved != layout and not reshardable:
+            return (f"checkpoint {checkpoint} was saved under layout {layout_brief(saved)} without sharded "
+                    f"state (loop.reshardable_checkpoints: false), and this run's layout is {layout_brief(layout)}: "
                     f"resume with the checkpoint's layout, or delete {checkpoint.parent} to start the phase again")
     return None

@@ -6,7 +6,6 @@ and every tensor of ``final/model.pt`` are bit-for-bit equal. Nothing random is 
 data position, the Python/NumPy/torch RNG states, the optimizer and ZeRO partitions are in the
 checkpoint) and both runs use one thread per rank, so fp32 round-off is the same too.
 """
-import math
 import os
 import shutil
 import signal
@@ -108,9 +107,9 @@ def test_the_runner_fails_when_a_rank_is_killed_and_its_rerun_resumes_to_the_uni
 
 @pytest.mark.e2e
 def test_a_phase_interrupted_under_zero2_resumes_in_one_process(prepared, pretrained):
-    """The consolidated weights of the checkpoint are resharded into the new layout: the first
-    resumed step sees exactly the weights and data the uninterrupted run saw (its loss is the
-    same); the optimizer moments restart, so later steps differ slightly."""
+    """The sharded fp32 state of the checkpoint (weights, Adam moments and step) is resharded into
+    the new layout: every resumed step sees the weights, moments and data the uninterrupted run
+    saw, so its losses are the uninterrupted ones (fp32: to sums-order round-off)."""
     reference = pretrained("zero2")
     run_dir = e2e.copy_run(reference.run_dir, prepared.root / "resume-relayout", phases=["pretrain"])
     phase = run_dir / "pretrain"
@@ -130,6 +129,6 @@ def test_a_phase_interrupted_under_zero2_resumes_in_one_process(prepared, pretra
     assert e2e.manifest(run_dir, "pretrain").layout["dp"] == 1
     resumed = e2e.last_per_step(e2e.records(run_dir, "pretrain", "train"), ("loss",))
     expected = e2e.last_per_step(e2e.records(reference.run_dir, "pretrain", "train"), ("loss",))
-    assert "resharding its weights" in output
-    assert resumed[21]["loss"] == pytest.approx(expected[21]["loss"], rel=1e-5)
-    assert all(math.isfinite(resumed[s]["loss"]) for s in range(21, STEPS + 1))
+    assert "resharding its weights and Adam moments" in output
+    assert [resumed[s]["loss"] for s in range(21, STEPS + 1)] == \
+        pytest.approx([expected[s]["loss"] for s in range(21, STEPS + 1)], abs=1e-4, rel=0)

@@ -69,18 +69,17 @@ def test_complete_phases_are_skipped_and_a_failed_phase_resumes_when_rerun(tmp_p
     assert "sft: rank 0 starts at step 2" in out  # resumed from its latest checkpoint
 
 
-def test_a_checkpoint_without_consolidated_weights_is_refused_under_another_layout_before_launch(tmp_path,
-                                                                                                 monkeypatch):
+def test_a_checkpoint_without_sharded_state_is_refused_under_another_layout_before_launch(tmp_path, monkeypatch):
     data = recipe(tmp_path)
     monkeypatch.setenv("STAND_IN_FAIL", "sft:3")
     assert run(data)[0] != 0                                  # sft stopped after its step-2 checkpoint
     monkeypatch.delenv("STAND_IN_FAIL")
     checkpoint = tmp_path / "run" / "sft" / "checkpoints" / "step_00000002"
     saved = {"tp": 1, "pp": 1, "dp": 2, "ep": 1, "zero_stage": 2, "micro_batch": 1, "grad_accum": 1}
-    (checkpoint / "loop_state.json").write_text(json.dumps({"layouts": {"model": saved}}))   # no consolidated.pt
+    (checkpoint / "loop_state.json").write_text(json.dumps({"layouts": {"model": saved}}))   # no shards/, no consolidated.pt
     launch_log = (tmp_path / "run" / "sft" / "logs" / "launch.log").read_text()
     with pytest.raises(ValueError, match=r"sft: checkpoint .*step_00000002 was saved under layout tp=1 pp=1 dp=2 "
-                                         r"ep=1 zero_stage=2 .*without consolidated weights"):
+                                         r"ep=1 zero_stage=2 .*without sharded state"):
         run(data)
     assert (tmp_path / "run" / "sft" / "logs" / "launch.log").read_text() == launch_log   # nothing started
 

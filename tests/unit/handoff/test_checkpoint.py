@@ -4,9 +4,11 @@ import os
 
 import pytest
 
-from orchestrator.handoff.checkpoint import (CONSOLIDATED_FILE, LOOP_STATE_FILE, SUMS_FILE, commit,
+from orchestrator.handoff.checkpoint import (CONSOLIDATED_FILE, LOOP_STATE_FILE, SUMS_FILE, commit, hash_share,
                                              committed_checkpoints, latest_checkpoint, prune_checkpoints,
-                                             relayout_refusal, staging_dir, step_tag, verify_checkpoint)
+                                             read_sums, relayout_refusal, staging_dir, step_tag, verify_checkpoint,
+                                             write_rank_sums)
+from orchestrator.handoff.hashing import sha256_file
 from orchestrator.plan.layout import Layout
 from orchestrator.handoff.errors import HandoffError
 
@@ -113,19 +115,50 @@ def test_committing_an_empty_staging_directory_is_refused(tmp_path):
         commit(tmp_path, "step_00000001", staging_dir(tmp_path, "step_00000001"))
 
 
-@pytest.mark.parametrize("consolidated", [True, False], ids=["with consolidated weights", "without"])
-def test_another_layout_may_resume_only_a_checkpoint_holding_consolidated_weights(tmp_path, consolidated):
+@pytest.mark.parametrize("reshardable", ["sharded", "consolidated", None],
+                         ids=["with sharded state", "with an older checkpoint's consolidated weights", "without"])
+def test_another_layout_may_resume_only_a_checkpoint_holding_sharded_state(tmp_path, reshardable):
     staging = save(tmp_path, 6)
     saved, other = dataclasses.asdict(Layout(dp=2, zero_stage=2)), dataclasses.asdict(Layout(dp=1))
     (staging / LOOP_STATE_FILE).write_text(json.dumps({"layouts": {"state": saved}}))
-    if consolidated:
+    if reshardable == "sharded":
+        (staging / "state" / "shards").mkdir()
+        (staging / "state" / "shards" / "rank00000.json").write_text("{}")
+    if reshardable == "consolidated":
         (staging / "state" / CONSOLIDATED_FILE).write_bytes(b"full weights")
     checkpoint = commit(tmp_path, step_tag(6), staging)
     assert relayout_refusal(checkpoint, saved) is None              # its own layout: DeepSpeed's files
     refusal = relayout_refusal(checkpoint, other)
-    if consolidated:
+    if reshardable:
         assert refusal is None
     else:
         assert "saved under layout tp=1 pp=1 dp=2 ep=1 zero_stage=2" in refusal
         assert "(loop.reshardable_checkpoints: false), and this run's layout is tp=1 pp=1 dp=1" in refusal
         assert f"resume with the checkpoint's layout, or delete {tmp_path}" in refusal
+
+
+def test_the_commit_takes_the_digests_each_rank_computed_and_verification_still_checks_them(tmp_path):
+    staging = save(tmp_path, 7)
+    shard = staging / "state" / "rank1.pt"
+    write_rank_sums(staging / "state", "rank00001", {"rank1.pt": sha256_file(shard)})
+    hashes = read_sums(commit(tmp_path, step_tag(7), staging))
+    assert hashes["state/rank1.pt"] == sha256_file(tmp_path / step_tag(7) / "state" / "rank1.pt")
+    assert "state/rank00001.sha256" in hashes and "state/rank0.pt" in hashes   # the rest hashed at commit
+    verify_checkpoint(tmp_path / step_tag(7))
+
+    staging = save(tmp_path, 8)       # a digest the rank got wrong (its write was not what it hashed)
+    write_rank_sums(staging / "state", "rank00001", {"rank1.pt": "0" * 64})
+    assert read_sums(commit(tmp_path, step_tag(8), staging))["state/rank1.pt"] == "0" * 64   # not re-read
+    with pytest.raises(HandoffError, match="rank1.pt .* does not match SHA256SUMS"):
+        verify_checkpoint(tmp_path / step_tag(8))
+
+
+def test_ranks_hash_disjoint_shares_that_cover_every_file(tmp_path):
+    staging = save(tmp_path, 9, ranks=5)
+    shares = [hash_share(staging, "state", rank=rank, world=2) for rank in range(2)]
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted({**shares[0], **shares[1]}) == [f"state/rank{r}.pt" for r in range(5)]
+    for rank, share in enumerate(shares):
+        write_rank_sums(staging, f"rank{rank:05d}.deepspeed", share)
+    hashes = verify_checkpoint(commit(tmp_path, step_tag(9), staging))
+    assert {name: hashes[name] for name in shares[0]} == shares[0]
