@@ -1,14 +1,13 @@
 """The runtime on one process (a world of one, gloo): training, skipping, schedule, checkpoints,
 handoff. The multi-rank layouts are proven in tests/distributed/."""
 import math
-import os
 
 import pytest
 import torch
 
 from orchestrator.config.model import get_model
 from orchestrator.config.run import OptimConfig
-from orchestrator.engine.build import build_runtime, init_distributed
+from orchestrator.engine.build import build_runtime
 from orchestrator.engine.ds_config import build_ds_config
 from orchestrator.model.attention import KVCache
 from orchestrator.plan.layout import Layout, LayoutError
@@ -18,13 +17,7 @@ from orchestrator.plan.partition import stage_params
 OPTIM = OptimConfig(lr=3e-3, warmup_steps=2, grad_clip=1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def world_of_one():
-    saved = dict(os.environ)
-    init_distributed(timeout_minutes=2)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)          # the rendezvous variables must not leak into later subprocesses
+pytestmark = pytest.mark.usefixtures("world_of_one")   # tests/conftest.py
 
 
 def batches(count: int, *, seed: int = 0, vocab: int = 64) -> list[dict[str, torch.Tensor]]:

@@ -1,27 +1,20 @@
 """The sharded checkpoint on one process: every ZeRO stage's fp32 masters, Adam moments and step
 are written and read back into another ZeRO stage's buffers, and training continues exactly as
 the uninterrupted run. (Resharding over TP / PP / DP ranks: tests/distributed/test_sharded_resume.py.)"""
-import os
 
 import pytest
 import torch
 
 from orchestrator.config.model import get_model
 from orchestrator.config.run import OptimConfig
-from orchestrator.engine.build import build_runtime, init_distributed
+from orchestrator.engine.build import build_runtime
 from orchestrator.engine.shards import adam_step, fragment_tensors, local_fragments, torch_optimizer
 from orchestrator.plan.layout import Layout
 
 OPTIM = OptimConfig(lr=3e-3, warmup_steps=2, grad_clip=1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def world_of_one():
-    saved = dict(os.environ)
-    init_distributed(timeout_minutes=2)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("world_of_one")   # tests/conftest.py
 
 
 def batches(step: int) -> list[dict[str, torch.Tensor]]:
