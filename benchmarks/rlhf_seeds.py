@@ -49,10 +49,11 @@ def seed_dir(seed: int, root: Path, target: Target) -> Path:
 
 def seed_command(seed: int, root: Path, target: Target, *, gpu_preset: str = "h100-80g") -> list[str]:
     """``orchestrate run`` of one seed on the target: ``cluster.gpu`` (``cpu``, or ``gpu_preset`` for
-    cuda) and ``cluster.precision``; its own master port so seeds may run at once."""
+    cuda) and ``cluster.precision``. No master port: on one node the runner picks a free one for
+    each phase, so seeds may run side by side."""
     gpu = "cpu" if target.device == "cpu" else gpu_preset
     return [sys.executable, "-m", "orchestrator", "run", RECIPE, "--run-dir", str(seed_dir(seed, root, target)),
-            "--set", f"seed={seed}", "--set", f"launch.master_port={29600 + seed}", "--set", f"cluster.gpu={gpu}",
+            "--set", f"seed={seed}", "--set", f"cluster.gpu={gpu}",
             "--set", f"cluster.precision={target.precision}"]
 
 
@@ -60,7 +61,6 @@ def ptx_command(seed: int, root: Path, target: Target, *, gpu_preset: str = "h10
     """PPO-ptx of one seed: ``--only ppo`` with ``PTX_SETS`` in ``seedS-ptx`` (a copy of the seed's parents)."""
     argv = seed_command(seed, root, target, gpu_preset=gpu_preset)
     argv[argv.index("--run-dir") + 1] = str(ptx_dir(seed, root, target))
-    argv[argv.index(f"launch.master_port={29600 + seed}")] = f"launch.master_port={29650 + seed}"
     return argv + ["--only", "ppo"] + [arg for s in PTX_SETS for arg in ("--set", s)]
 
 
