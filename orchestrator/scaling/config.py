@@ -68,6 +68,11 @@ class ScalingConfig:
     extrapolation multiplies about 2.5-fold; the target is trained once."""
     eval_batches: int = 64
     """Held-out micro-batches of the final evaluation; every rung and the target read the same ones."""
+    jobs: int = 1
+    """Runs trained side by side (the target among them, longest first), each with ``cores / jobs`` CPU
+    threads (``OMP_NUM_THREADS``, unless ``launch.env`` sets it) and a master port of its own (a recipe's
+    ``launch.master_port`` is not used then). Only for one-rank runs: on a cluster every run takes the
+    whole cluster, one after another."""
 
     def __post_init__(self) -> None:
         if self.points < 5:
@@ -93,6 +98,8 @@ class ScalingConfig:
             raise ConfigError(f"scaling.level={self.level} must be in [0.5, 1), e.g. 0.95")
         if self.seeds < 1:
             raise ConfigError(f"scaling.seeds={self.seeds} must be >= 1 (runs per rung)")
+        if self.jobs < 1:
+            raise ConfigError(f"scaling.jobs={self.jobs} must be >= 1 (runs trained side by side)")
         if self.eval_batches < 1:
             raise ConfigError(f"scaling.eval_batches={self.eval_batches} must be >= 1")
 

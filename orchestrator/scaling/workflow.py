@@ -8,13 +8,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import os
 import shutil
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
 
-from orchestrator.config.loader import load_file
+from orchestrator.config.loader import ConfigError, load_file
 from orchestrator.config.model import GPTConfig
 from orchestrator.config.run import RunConfig, load_run_config, resolve_model
 from orchestrator.engine.launch import ENTRY_MODULE
@@ -55,6 +58,10 @@ def load_setup(recipe: str, *, run_dir: Optional[str], overrides: list[str]) -> 
     scaling, rest, others = split_recipe(load_file(recipe), overrides)
     base = load_run_config(rest, others)
     base = dataclasses.replace(base, phases=["pretrain"], run_dir=run_dir or base.run_dir)
+    if scaling.jobs > 1 and base.cluster.world > 1:
+        raise ConfigError(f"scaling.jobs={scaling.jobs} trains runs side by side, one rank each, but this recipe's "
+                          f"runs use {base.cluster.world} ranks (cluster.nodes × gpus_per_node): set "
+                          f"scaling.jobs=1, or a one-rank cluster")
     target = resolve_target(scaling.target, base.model)
     seq_len = base.pretrain.loop.seq_len
     tokens_per_step = base.pretrain.layout.resolve(base.cluster.world).global_batch * seq_len
@@ -110,23 +117,77 @@ def epoch_warnings(setup: Setup, train_tokens: Optional[int]) -> list[str]:
 
 
 def train_all(setup: Setup, *, train_target: bool, entry_module: str, with_data: bool, out: IO[str]) -> int:
-    """Every rung (then the target) as a pretrain phase job; the first failure's exit code, or 0."""
+    """Every rung (and the target) as a pretrain phase job, ``scaling.jobs`` at a time; the first
+    failure's exit code, or 0 (the runs already under way finish first)."""
     shared = setup.run_dir / "data" if with_data else None
     if with_data and (code := prepare_shared_data(setup.base, setup.run_dir, out)) != 0:
         return code
     for warning in epoch_warnings(setup, corpus_train_tokens(setup.run_dir)):
         print(f"[scaling] warning: {warning}", file=out, flush=True)
     runs = [(rung, seed) for rung in setup.ladder.rungs for seed in repeat_seeds(setup)]
-    for rung, seed in runs + ([(setup.ladder.target, None)] if train_target else []):
-        print(f"[scaling] {rung.name}{'' if seed is None else f' at seed {seed}'}: {rung.params:,} params, "
-              f"{rung.steps} steps, lr {rung.lr:.3g}", file=out, flush=True)
-        config = rung_config(setup.base, rung, family=setup.target, run_dir=setup.run_dir,
-                             eval_batches=setup.scaling.eval_batches, seed=seed)
-        code = train_rung(config, shared_data=shared, entry_module=entry_module, out=out)
-        if code != 0:
-            print(f"[scaling] {rung.name} failed (exit code {code}); `{setup.rerun}` resumes it", file=out, flush=True)
-            return code
-    return 0
+    runs += [(setup.ladder.target, None)] if train_target else []
+    jobs = setup.scaling.jobs
+    if jobs == 1:
+        codes = (train_one(setup, rung, seed, shared=shared, entry_module=entry_module, out=out) for rung, seed in runs)
+        return next((code for code in codes if code != 0), 0)
+    print(f"[scaling] {len(runs)} runs, {jobs} side by side with {thread_env(setup, jobs)} each", file=out, flush=True)
+    longest_first = sorted(runs, key=lambda run: -run[0].flops)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        codes = list(pool.map(lambda run: train_one(setup, *run, shared=shared, entry_module=entry_module,
+                                                    out=PrefixedLines(out, run_label(*run)), jobs=jobs),
+                              longest_first))
+    return next((code for code in codes if code != 0), 0)
+
+
+def run_label(rung, seed: Optional[int]) -> str:
+    return rung.name if seed is None else f"{rung.name}-seed{seed}"
+
+
+def thread_env(setup: Setup, jobs: int) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` for one of ``jobs`` runs sharing this machine's cores ({} when the recipe's
+    ``launch.env`` sets it)."""
+    if "OMP_NUM_THREADS" in setup.base.launch.env:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}
+
+
+def train_one(setup: Setup, rung, seed: Optional[int], *, shared: Optional[Path], entry_module: str, out: IO[str],
+              jobs: int = 1) -> int:
+    """One run of the ladder (or the target); its launcher's exit code."""
+    print(f"[scaling] {run_label(rung, seed)}: {rung.params:,} params, {rung.steps} steps, lr {rung.lr:.3g}",
+          file=out, flush=True)
+    config = rung_config(setup.base, rung, family=setup.target, run_dir=setup.run_dir,
+                         eval_batches=setup.scaling.eval_batches, seed=seed)
+    if jobs > 1:   # each run on its share of the cores, with a master port picked free when it starts
+        launch = dataclasses.replace(config.launch, env={**config.launch.env, **thread_env(setup, jobs)},
+                                     master_port=None)
+        config = dataclasses.replace(config, launch=launch)
+    code = train_rung(config, shared_data=shared, entry_module=entry_module, out=out)
+    if code != 0:
+        print(f"[scaling] {rung.name} failed (exit code {code}); `{setup.rerun}` resumes it", file=out, flush=True)
+    return code
+
+
+class PrefixedLines:
+    """A text stream that writes whole lines to ``out`` as ``[label] line``, one writer at a time
+    (runs side by side share the terminal)."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, out: IO[str], label: str):
+        self.out, self.label, self.pending = out, label, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        if lines:
+            with self._lock:
+                self.out.write("".join(f"[{self.label}] {line}\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self.out.flush()
 
 
 def repeat_seeds(setup: Setup) -> list[Optional[int]]:

@@ -1,6 +1,7 @@
 """``orchestrate scaling`` end to end through the real runner, with a stand-in pretrain phase that
 lands on a known law (``law_stand_in.py``), so the ladder's bookkeeping is tested without training."""
 import io
+import os
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.engine.launch.ports import free_port
+from orchestrator.config.loader import ConfigError
 from orchestrator.config.run import load_run_config
 from orchestrator.scaling.runner import RungNotFinished, check_planned, rung_config, rung_dir
 from orchestrator.scaling.analysis import predict
@@ -208,3 +210,28 @@ def test_with_seeds_each_rung_repeats_at_the_next_seeds_and_the_fit_takes_their_
         assert low < middle < high and row["eval_loss"] == pytest.approx((low + middle + high) / 3)
         assert row["seed_spread"] == pytest.approx((high - low) / row["eval_loss"]) and row["seed_spread"] > 0
         assert middle == pytest.approx(row["eval_loss"], rel=1e-12)  # the stand-in's seeds scatter ±0.4 % about it
+
+
+def test_scaling_jobs_trains_runs_side_by_side_on_a_share_of_the_cores_each(tmp_path):
+    recipe = write_recipe(tmp_path, jobs=2)
+    code, out, run_dir = scale(recipe)
+    assert code == 0, out
+    assert "6 runs, 2 side by side" in out
+    assert "[target-3x64] [scaling] target-3x64:" in out and "[r1-1x4] [scaling] r1-1x4:" in out
+    setup = load_setup(recipe, run_dir=None, overrides=[])
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    for rung in [*setup.ladder.rungs, setup.ladder.target]:
+        config = load_run_config(yaml.safe_load((rung_dir(run_dir, rung) / "run_config.yaml").read_text()))
+        assert config.launch.env["OMP_NUM_THREADS"] == threads and config.launch.master_port is None
+    record = json.loads((run_dir / "scaling.json").read_text())
+    for row, rung in zip(record["ladder"], setup.ladder.rungs):   # the same runs as one at a time would train
+        assert row["eval_loss"] == pytest.approx(law_stand_in.law(rung.flops, n_layers=rung.n_layers,
+                                                                  d_model=rung.d_model, lr=rung.lr, seed=1234))
+
+
+def test_scaling_jobs_is_refused_for_runs_of_more_than_one_rank(tmp_path):
+    recipe = write_recipe(tmp_path, jobs=2)
+    with pytest.raises(ConfigError, match=r"scaling.jobs=2 .* use 2 ranks .* set scaling.jobs=1"):
+        load_setup(recipe, run_dir=None, overrides=["cluster.gpus_per_node=2"])
+    with pytest.raises(ConfigError, match="scaling.jobs=0 must be >= 1"):
+        load_setup(recipe, run_dir=None, overrides=["scaling.jobs=0"])
