@@ -28,8 +28,9 @@ from orchestrator.handoff.checkpoint import read_latest, relayout_refusal
 from orchestrator.handoff.manifest import (PARENTS, Manifest, manifest_path, rerun_hint, verified_complete,
                                           verify_parent)
 from orchestrator.runner.lock import RunLock, current_holder
-from orchestrator.runner.prepare import (DEEPSPEED_ENV, PhaseJob, missing_backend, prepare_jobs, with_fresh_port,
-                                              with_run_dir, write_job, write_run_files)
+from orchestrator.runner.prepare import (DEEPSPEED_ENV, PhaseJob, missing_backend, prepare_jobs, stale_build_locks,
+                                          stale_build_message, with_fresh_port, with_run_dir, write_job,
+                                          write_run_files)
 from orchestrator.runner.process import format_tail, run_logged
 
 
@@ -189,6 +190,8 @@ def run_pipeline(config: RunConfig, *, run_dir: Optional[str] = None, only: Opti
         return 0
     if backend and any(s.done is None for s in steps):
         raise ValueError(backend)
+    if any(s.done is None for s in steps) and (locks := stale_build_locks()):
+        raise ValueError(stale_build_message(locks))
     refusals = [refusal for step in steps if step.done is None and (refusal := resume_refusal(step.job))]
     if refusals:
         raise ValueError("; ".join(refusals))

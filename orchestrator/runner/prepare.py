@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -152,6 +153,28 @@ def missing_backend(config: RunConfig) -> Optional[str]:
         return None
     return (f"launch.multinode={launch.multinode} needs `{program}` on this machine (DeepSpeed checks for it): "
             f"install it, or set launch.multinode=no_ssh and run `orchestrate run ... --node-rank R` on every node")
+
+
+STALE_BUILD_SECONDS = 600
+"""A JIT build of DeepSpeed's CPU ops takes under a minute here; a lock older than this outlived its build."""
+
+
+def stale_build_locks(environ: Optional[dict] = None, *, now: Optional[float] = None) -> list[Path]:
+    """torch's JIT-extension locks (``TORCH_EXTENSIONS_DIR/NAME/lock``, default ``~/.cache/torch_extensions``)
+    older than ``STALE_BUILD_SECONDS``: a build killed midway leaves one, and every later process that
+    loads that op (DeepSpeed's shm op, on CPU) then waits for it forever, printing nothing."""
+    environ = os.environ if environ is None else environ
+    root = environ.get("TORCH_EXTENSIONS_DIR")
+    roots = [Path(root)] if root else list((Path.home() / ".cache" / "torch_extensions").glob("*"))
+    now = time.time() if now is None else now
+    return sorted(lock for base in roots for lock in base.glob("*/lock")
+                  if lock.is_file() and now - lock.stat().st_mtime > STALE_BUILD_SECONDS)
+
+
+def stale_build_message(locks: list[Path]) -> str:
+    return (f"{', '.join(map(str, locks))}: a JIT build of a torch/DeepSpeed op was interrupted more than "
+            f"{STALE_BUILD_SECONDS // 60} minutes ago and left its lock, so every rank would wait for it forever: "
+            f"remove it (`rm {' '.join(map(str, locks))}`) and run again; the op is rebuilt once")
 
 
 def job_env(config: RunConfig, run_dir: Path) -> dict[str, str]:
