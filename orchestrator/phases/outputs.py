@@ -1,8 +1,10 @@
 """What a phase reads from its parents and leaves for its children.
 
-Weights cross phases only in consolidated form (one plain-GPT state dict, ``final/model.pt``),
-so a child may run under a different TP / PP / ZeRO layout from its parent: the runtime shards
-the consolidated dict into whatever layout it has. Only rank 0 touches manifests.
+Weights cross phases as sharded fp32 masters (``final/shards``, ``handoff.final``): every rank
+writes the fragments it holds, and a child under any TP / PP / ZeRO layout reads only the
+regions it holds (``Runtime.load_weights_sharded``) — nothing is gathered onto one rank. Frozen
+models (PPO's reference and reward model, the reward phase's sampler) read one whole tensor at
+a time from the shards. Only rank 0 touches manifests.
 """
 from __future__ import annotations
 
@@ -14,33 +16,42 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from orchestrator.handoff.hashing import atomic_write
+from orchestrator.handoff import final as final_weights
+from orchestrator.handoff.final import FINAL_WEIGHTS
+from orchestrator.handoff.sharded import ShardedReader
 from orchestrator.model.gpt import GPT
-from orchestrator.model.params import load_plain_state, materialize, param_shards
+from orchestrator.model.params import materialize
 from orchestrator.handoff.manifest import (Manifest, complete_manifest, failed_manifest, start_manifest,
                                            verify_parent, write_manifest)
 
-FINAL_WEIGHTS = "final/model.pt"
 CONFIG_ARTIFACTS = ("run_config.yaml", "plan.json", "ds_config.json", "launch.json")
 
 
-def parent_weights(run_dir: Path, *, parent: str, head: str, model: dict,
-                   tokenizer_hash: Optional[str]) -> dict[str, torch.Tensor]:
-    """The verified parent's consolidated state dict (every rank reads the same file)."""
+def parent_shards(run_dir: Path, *, parent: str, head: str, model: dict, tokenizer_hash: Optional[str]) -> Path:
+    """The verified parent's sharded final weights (a directory; each rank reads its own regions)."""
     manifest = verify_parent(run_dir, parent_phase=parent, expect_head=head, expect_model=model,
                              expect_tokenizer_hash=tokenizer_hash)
-    return torch.load(Path(run_dir) / parent / manifest.checkpoint, map_location="cpu", weights_only=True)
+    phase_dir = Path(run_dir) / parent
+    final_weights.parent_reader(phase_dir, checkpoint=manifest.checkpoint, files=manifest.files).close()
+    return phase_dir / manifest.checkpoint
 
 
-def frozen_model(config, *, head: str, state: dict, device: torch.device, dtype: torch.dtype) -> GPT:
+@torch.no_grad()
+def frozen_model(config, *, head: str, shards: Path | str, device: torch.device, dtype: torch.dtype) -> GPT:
     """A whole GPT in eval mode without gradients (reference policy, reward model), in the
-    runtime's ``dtype``: its fp32 state rounded as DeepSpeed rounds the trained model's, so a bf16
-    reference computes exactly what the bf16 actor it started as computes (KL 0 at step 1)."""
+    runtime's ``dtype``, read from a phase's sharded weights one whole tensor at a time: each fp32
+    master rounded as DeepSpeed rounds the trained model's, so a bf16 reference computes exactly
+    what the bf16 actor it started as computes (KL 0 at step 1). An LM model read from a reward
+    model's shards takes its trunk (the scalar head is left out)."""
     with torch.device("meta"):
         model = GPT(config, head=head)
-    model = materialize(model, device)
-    load_plain_state(param_shards(model), state)
-    return model.to(dtype).eval().requires_grad_(False)
+    model = materialize(model, device).to(dtype)
+    reader = ShardedReader(shards)
+    shapes = {name: tuple(param.shape) for name, param in model.named_parameters()}
+    for name, param in model.named_parameters():     # a missing name or another shape is refused by the reader
+        param.copy_(final_weights.read_tensor(reader, name, shapes[name]).to(device, dtype))
+    reader.close()
+    return model.eval().requires_grad_(False)
 
 
 def run_dtype(config) -> torch.dtype:
@@ -65,16 +76,31 @@ def begin(run_dir: Path, *, phase: str, model: dict, head: str, layout, tokenize
     return manifest
 
 
-def save_final_weights(state: dict[str, torch.Tensor], phase_dir: Path) -> str:
-    """Write the consolidated weights atomically (tmp, fsync, rename); returns the path relative to phase_dir."""
-    atomic_write(Path(phase_dir) / FINAL_WEIGHTS, lambda handle: torch.save(state, handle))
-    return FINAL_WEIGHTS
+def save_final_weights(runtime, phase_dir: Path, *, rank: int, world: int) -> Optional[dict[str, str]]:
+    """Every rank writes its fp32 master shards into the staging directory and hashes them while
+    writing; rank 0 gathers the {file: sha256} dicts (small), commits ``final/shards`` atomically
+    and returns the manifest's entries for them (None on the other ranks). Collective."""
+    phase_dir = Path(phase_dir)
+    if rank == 0:
+        final_weights.clear_staging(phase_dir)
+    barrier()
+    mine = runtime.save_weights_sharded(final_weights.staging_shards(phase_dir))
+    every = [None] * world if rank == 0 else None
+    if world > 1:
+        dist.gather_object(mine, every, dst=0)
+    else:
+        every = [mine]
+    files = final_weights.commit_final(phase_dir, every) if rank == 0 else None
+    barrier()
+    return files
 
 
-def complete(manifest: Manifest, phase_dir: Path, *, step: int, metrics: dict) -> Manifest:
+def complete(manifest: Manifest, phase_dir: Path, *, step: int, metrics: dict,
+             weights: dict[str, str]) -> Manifest:
+    """The ``complete`` manifest: ``weights`` ({file: sha256} the ranks computed) and the config artifacts."""
     artifacts = [name for name in CONFIG_ARTIFACTS if (Path(phase_dir) / name).is_file()]
     done = complete_manifest(manifest, phase_dir, step=step, checkpoint=FINAL_WEIGHTS, metrics=metrics,
-                             artifacts=artifacts)
+                             artifacts=artifacts, checkpoint_files=weights)
     write_manifest(phase_dir, done)
     return done
 
