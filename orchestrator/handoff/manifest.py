@@ -196,8 +196,9 @@ def architecture_diff(expected: dict, found: dict) -> list[str]:
 
 
 def verify_parent(run_dir: Path | str, *, parent_phase: str, expect_head: Head, expect_model: Optional[dict],
-                  expect_tokenizer_hash: Optional[str]) -> Manifest:
-    """The parent's manifest, once its status, files, architecture, tokenizer and head all check out."""
+                  expect_tokenizer_hash: Optional[str], share: tuple[int, int] = (0, 1)) -> Manifest:
+    """The parent's manifest, once its status, files, architecture, tokenizer and head all check out.
+    ``share=(rank, world)``: hash only this rank's share of the files (``hashing.check_hashes``)."""
     directory, label = phase_dir(run_dir, parent_phase), LABELS.get(parent_phase, parent_phase)
     hint = f"run `{rerun_hint(run_dir, parent_phase)}`"
     if not manifest_path(run_dir, parent_phase).is_file():
@@ -218,7 +219,7 @@ def verify_parent(run_dir: Path | str, *, parent_phase: str, expect_head: Head, 
                            f"(hash {manifest.tokenizer_hash[:12]}…, this run's is {expect_tokenizer_hash[:12]}…): "
                            f"{hint}")
     _check_checkpoint_listed(manifest, directory, hint)
-    check_hashes(directory, manifest.files, fix=f"the {label} output is corrupt; {hint}")
+    check_hashes(directory, manifest.files, fix=f"the {label} output is corrupt; {hint}", share=share)
     return manifest
 
 

@@ -28,12 +28,48 @@ CONFIG_ARTIFACTS = ("run_config.yaml", "plan.json", "ds_config.json", "launch.js
 
 
 def parent_shards(run_dir: Path, *, parent: str, head: str, model: dict, tokenizer_hash: Optional[str]) -> Path:
-    """The verified parent's sharded final weights (a directory; each rank reads its own regions)."""
-    manifest = verify_parent(run_dir, parent_phase=parent, expect_head=head, expect_model=model,
-                             expect_tokenizer_hash=tokenizer_hash)
-    phase_dir = Path(run_dir) / parent
-    final_weights.parent_reader(phase_dir, checkpoint=manifest.checkpoint, files=manifest.files).close()
-    return phase_dir / manifest.checkpoint
+    """The verified parent's sharded final weights (a directory; each rank reads its own regions).
+    Every rank checks the manifest and hashes its share of the parent's files; all ranks agree
+    (``agree``), so a corrupt file stops every rank with the same message. Collective."""
+    rank, world = _rank_and_world()
+
+    def verified():
+        manifest = verify_parent(run_dir, parent_phase=parent, expect_head=head, expect_model=model,
+                                 expect_tokenizer_hash=tokenizer_hash, share=(rank, world))
+        final_weights.parent_reader(Path(run_dir) / parent, checkpoint=manifest.checkpoint,
+                                    files=manifest.files).close()
+        return manifest
+
+    manifest = agree(verified)
+    return Path(run_dir) / parent / manifest.checkpoint
+
+
+def agree(check):
+    """``check()`` on every rank, then every rank raises the first rank's ``HandoffError`` if any
+    rank's check failed (so no rank walks on into a collective the others never reach); returns
+    this rank's result. Collective when a process group is up."""
+    from orchestrator.handoff.errors import HandoffError
+
+    result, error = None, None
+    try:
+        result = check()
+    except HandoffError as refused:
+        error = str(refused)
+    _, world = _rank_and_world()
+    errors = [error]
+    if world > 1:
+        errors = [None] * world
+        dist.all_gather_object(errors, error)
+    failed = [message for message in errors if message is not None]
+    if failed:
+        raise HandoffError(failed[0])
+    return result
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 @torch.no_grad()

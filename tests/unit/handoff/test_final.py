@@ -105,3 +105,21 @@ def test_shards_of_another_head_or_model_are_refused_and_a_new_head_is_allowed(t
     wider = {**plain_parameter_shapes(CONFIG, head="lm"), "wpe.weight": (1, CONFIG.d_model)}
     with pytest.raises(HandoffError, match="wpe.weight: the sharded weights have shape"):
         final.check_weights(reader, wider)
+
+
+def test_each_rank_hashes_its_share_of_the_parent_and_the_shares_cover_every_file(tmp_path):
+    """Rank r of w checks every w-th file: the one share holding an edited file refuses it, the
+    others pass, so together (``outputs.agree``) the ranks are as strict as one full pass."""
+    phase_dir = handed_on(tmp_path, plain_weights())
+    files = sorted(verify(tmp_path).files)
+    edited = phase_dir / files[2]
+    edited.write_bytes(edited.read_bytes() + b"x")
+    outcomes = []
+    for rank in range(3):
+        try:
+            verify_parent(tmp_path, parent_phase="pretrain", expect_head="lm", expect_model=to_dict(CONFIG),
+                          expect_tokenizer_hash=None, share=(rank, 3))
+            outcomes.append(None)
+        except HandoffError as error:
+            outcomes.append(str(error))
+    assert outcomes[0] is None and outcomes[1] is None and files[2].rsplit("/", 1)[1] in outcomes[2]
