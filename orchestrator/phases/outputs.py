@@ -4,7 +4,8 @@ Weights cross phases as sharded fp32 masters (``final/shards``, ``handoff.final`
 writes the fragments it holds, and a child under any TP / PP / ZeRO layout reads only the
 regions it holds (``Runtime.load_weights_sharded``) — nothing is gathered onto one rank. Frozen
 models (PPO's reference and reward model, the reward phase's sampler) read one whole tensor at
-a time from the shards. Only rank 0 touches manifests.
+a time from the shards, laid out over the trained models' TP group when there is one. Only rank 0
+touches manifests.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import torch.distributed as dist
 
 from orchestrator.handoff import final as final_weights
 from orchestrator.handoff.final import FINAL_WEIGHTS
-from orchestrator.handoff.sharded import ShardedReader
+from orchestrator.handoff.sharded import MASTER, Region, ShardedReader
 from orchestrator.model.gpt import GPT
-from orchestrator.model.params import materialize
+from orchestrator.model.params import materialize, param_shards
 from orchestrator.handoff.manifest import (Manifest, complete_manifest, failed_manifest, start_manifest,
                                            verify_parent, write_manifest)
 
@@ -73,19 +74,29 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def frozen_model(config, *, head: str, shards: Path | str, device: torch.device, dtype: torch.dtype) -> GPT:
-    """A whole GPT in eval mode without gradients (reference policy, reward model), in the
-    runtime's ``dtype``, read from a phase's sharded weights one whole tensor at a time: each fp32
-    master rounded as DeepSpeed rounds the trained model's, so a bf16 reference computes exactly
-    what the bf16 actor it started as computes (KL 0 at step 1). An LM model read from a reward
-    model's shards takes its trunk (the scalar head is left out)."""
+def frozen_model(config, *, head: str, shards: Path | str, device: torch.device, dtype: torch.dtype,
+                 tp_group=None) -> GPT:
+    """A GPT in eval mode without gradients (reference policy, reward model), in the runtime's
+    ``dtype``, read from a phase's sharded weights one parameter at a time: each fp32 master
+    rounded as DeepSpeed rounds the trained model's, so a bf16 reference computes exactly what the
+    bf16 actor it started as computes (KL 0 at step 1). With ``tp_group`` (the trained models'
+    TP group, size > 1) it is laid out like them — Megatron column / row / vocab-parallel layers,
+    each rank reading only its TP piece — and every rank of the group must run its forwards
+    together, as the actor's. An LM model read from a reward model's shards takes its trunk (the
+    scalar head is not read); a missing tensor or another shape is refused by the reader."""
+    tp = dist.get_world_size(tp_group) if tp_group is not None else 1
     with torch.device("meta"):
         model = GPT(config, head=head)
+    if tp > 1:
+        from orchestrator.model.tensor_parallel import apply_tp
+
+        apply_tp(model, tp_group=tp_group)
     model = materialize(model, device).to(dtype)
     reader = ShardedReader(shards)
-    shapes = {name: tuple(param.shape) for name, param in model.named_parameters()}
-    for name, param in model.named_parameters():     # a missing name or another shape is refused by the reader
-        param.copy_(final_weights.read_tensor(reader, name, shapes[name]).to(device, dtype))
+    rank = dist.get_rank(tp_group) if tp > 1 else 0
+    for param, shard in param_shards(model, tp_rank=rank, tp_size=tp):
+        region = Region(shard, shard.full_shape(param.shape), tuple(param.shape), 0, param.numel())
+        param.copy_(reader.read(region, MASTER).view(param.shape).to(device, dtype))
     reader.close()
     return model.eval().requires_grad_(False)
 

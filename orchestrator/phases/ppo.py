@@ -129,7 +129,10 @@ class PPO(Phase):
         if not resuming:        # each rank reads its own regions of the parents' shards
             actor.load_weights_sharded(sft, parent_head=parent_head(self.name, "sft"))
             critic.load_weights_sharded(rm, parent_head=parent_head(self.name, "reward"))
-        frozen = dict(device=torch.device("cpu") if ppo.offload_frozen else actor.device, dtype=actor.dtype)
+        # laid out over the actor's TP group (each rank its TP piece), or whole on the host when offloaded
+        tp_group = actor.state.tp_group if actor.layout.tp > 1 and not ppo.offload_frozen else None
+        frozen = dict(device=torch.device("cpu") if ppo.offload_frozen else actor.device, dtype=actor.dtype,
+                      tp_group=tp_group)
         self.reference = frozen_model(self.model_config, head="lm", shards=sft, **frozen)      # the actor's dtype:
         self.reward_model = frozen_model(self.model_config, head="scalar", shards=rm, **frozen)  # KL 0 at step 1
         self.trained = {"actor": actor, "critic": critic}

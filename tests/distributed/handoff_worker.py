@@ -80,6 +80,17 @@ def parent(case: str, run_dir: Path) -> dict:
     return {"losses": losses}
 
 
+def frozen_reference(shards: Path, runtime, path: Path) -> dict:
+    """PPO's frozen reference from the same shards, laid out over the child's TP group."""
+    model = outputs.frozen_model(model_config(PRESET), head="lm", shards=shards, device=runtime.device,
+                                 dtype=runtime.dtype, tp_group=runtime.state.tp_group)
+    with torch.no_grad():
+        logits = model(probe_ids(model_config(PRESET).vocab).to(runtime.device)).logits.float().cpu()
+    if dist.get_rank() == 0:
+        torch.save(logits, path)
+    return {"c_attn_shape": list(model.h[0].attn.c_attn.weight.shape)}
+
+
 def child(run_dir: Path, *, head: str) -> dict:
     """Start from the parent as the SFT (``lm``) or reward (``scalar``) phase does, under TP2."""
     _forget_deepspeed_mpu()
@@ -91,6 +102,7 @@ def child(run_dir: Path, *, head: str) -> dict:
     result = {"optimizer_state_entries": len(torch_optimizer(runtime.engine).state)}
     if head == "lm":
         save_logits(runtime, run_dir / "child_logits.pt")
+        result["frozen"] = frozen_reference(shards, runtime, run_dir / "frozen_logits.pt")
     weights = runtime.consolidated_state_dict()
     if dist.get_rank() == 0:
         torch.save(weights, run_dir / f"child_{head}_weights.pt")

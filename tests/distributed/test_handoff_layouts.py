@@ -11,6 +11,8 @@ child (scalar head) from the verified parent. The test checks:
 - the SFT child's weights equal the parent's bit for bit, and its first logits equal the parent's
   to 1e-5 relative to max(1, |logit|) (fp32; PP2 and TP2 differ only in the order of sums:
   measured in the report); its optimizer starts with no state (a fresh AdamW), and it trains;
+- PPO's frozen reference built from the same shards over the child's TP group holds only its TP
+  piece and gives the parent's logits to the same tolerance;
 - the reward child's trunk equals the parent's bit for bit and its new scalar head is the
   layout-independent initial value (what ``load_consolidated`` with ``with_scalar_head`` gave).
 """
@@ -76,6 +78,10 @@ def assert_handed_on(run_dir: Path, result: dict, *, sharded_over_dp: bool) -> N
     diff = float((ours - theirs).abs().max()) / max(1.0, float(theirs.abs().max()))
     print(f"{run_dir.name}: max |Δlogit| / max(1, |logit|) = {diff:.3g}")
     assert diff <= LOGIT_TOL
+    frozen = torch.load(run_dir / "frozen_logits.pt")          # PPO's reference, TP2 like the child
+    assert float((frozen - theirs).abs().max()) / max(1.0, float(theirs.abs().max())) <= LOGIT_TOL
+    config = get_model("tiny")
+    assert result["sft"]["frozen"]["c_attn_shape"] == [3 * config.d_attn // 2, config.d_model]   # its TP piece
     assert result["sft"]["optimizer_state_entries"] == 0 and result["reward"]["optimizer_state_entries"] == 0
     assert all(loss == loss and loss > 0 for loss in result["sft"]["losses"] + result["reward"]["losses"])
 
