@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 from pathlib import Path
 from orchestrator.config.loader import from_dict, load_file
 from orchestrator.config.run import RunConfig
-from orchestrator.phases.context import PhaseContext, load_run_tokenizer, parent_state
+from orchestrator.phases.context import PhaseContext, load_run_tokenizer, parent_shards
 from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.sft import phase_file
 from orchestrator.data.rlhf import load_prompts, collate_prompts
@@ -36,9 +36,9 @@ run = Path(a.run)
 cfg = from_dict(RunConfig, load_file(run / "run_config.yaml"))
 ctx = PhaseContext(phase="ppo", run_dir=run, config=cfg, rank=0, world=1)
 tok = load_run_tokenizer(ctx); mc = cfg.model; cpu = torch.device("cpu")
-sft_state, rm_state = parent_state(ctx, parent="sft", tokenizer=tok), parent_state(ctx, parent="reward", tokenizer=tok)
+sft_state, rm_state = parent_shards(ctx, parent="sft", tokenizer=tok), parent_shards(ctx, parent="reward", tokenizer=tok)
 def fm(head, st):
-    return frozen_model(mc, head=head, state=st, device=cpu, dtype=torch.float32)
+    return frozen_model(mc, head=head, shards=st, device=cpu, dtype=torch.float32)
 ref, rm = fm("lm", sft_state), fm("scalar", rm_state)
 actor = fm("lm", sft_state).requires_grad_(True); critic = fm("scalar", rm_state).requires_grad_(True)
 def opt(m, lr): return torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=a.wd)

@@ -8,7 +8,7 @@ torch.set_num_threads(1)
 from pathlib import Path
 from orchestrator.config.loader import from_dict, load_file
 from orchestrator.config.run import RunConfig
-from orchestrator.phases.context import PhaseContext, load_run_tokenizer, parent_state
+from orchestrator.phases.context import PhaseContext, load_run_tokenizer, parent_shards
 from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.sft import phase_file
 from orchestrator.data.rlhf import load_prompts, collate_prompts, PromptExample
@@ -21,8 +21,8 @@ run = Path(sys.argv[1]); N = 8; P = int(sys.argv[2]) if len(sys.argv) > 2 else 9
 cfg = from_dict(RunConfig, load_file(run / "run_config.yaml"))
 ctx = PhaseContext(phase="ppo", run_dir=run, config=cfg, rank=0, world=1)
 tok = load_run_tokenizer(ctx); mc = cfg.model; cpu = torch.device("cpu")
-sft = frozen_model(mc, head="lm", state=parent_state(ctx, parent="sft", tokenizer=tok), device=cpu, dtype=torch.float32)
-rm = frozen_model(mc, head="scalar", state=parent_state(ctx, parent="reward", tokenizer=tok), device=cpu, dtype=torch.float32)
+sft = frozen_model(mc, head="lm", shards=parent_shards(ctx, parent="sft", tokenizer=tok), device=cpu, dtype=torch.float32)
+rm = frozen_model(mc, head="scalar", shards=parent_shards(ctx, parent="reward", tokenizer=tok), device=cpu, dtype=torch.float32)
 prompts, _ = load_prompts(phase_file(ctx, "ppo_eval"), tokenizer=tok.hf(), max_prompt_len=100, template=cfg.data.prompt_template)
 gen = sampling_generator(seed=0, device=cpu)
 R, O = np.zeros((P, N)), np.zeros((P, N))

@@ -2,7 +2,9 @@
 
 Made by ``orchestrator.engine.build.build_runtime``. The train loop sees the same five calls
 under every layout: ``train_step``, ``eval_loss``, ``save`` / ``load``, and
-``consolidated_state_dict`` / ``load_consolidated`` for handing weights to another layout.
+``save_weights_sharded`` / ``load_weights_sharded`` for handing weights to another layout (each
+rank writes and reads only its own shards; ``consolidated_state_dict`` gathers a whole model onto
+rank 0 and is kept for single-process tools and tests, never a phase's path).
 
 Batches are dicts of tensors: ``input_ids`` (B, T) and optionally ``labels`` (B, T, already
 shifted: labels[t] is the target of position t, -100 = not scored; see ``model/loss.py``),
@@ -222,6 +224,30 @@ class Runtime:
         from orchestrator.engine.shards import load_rank_shards
 
         load_rank_shards(self.engine, self._shards(), Path(directory))
+
+    def save_weights_sharded(self, directory: str | Path) -> dict[str, str]:
+        """This rank's fp32 master weights only (what a phase hands on: ``handoff.final``) into
+        ``directory``; no gather, not collective. Returns {file name: sha256} of its files."""
+        from orchestrator.engine.shards import save_rank_shards
+        from orchestrator.handoff.sharded import MASTER
+
+        return save_rank_shards(self.engine, self._shards(), Path(directory), state=self.state, kinds=(MASTER,))
+
+    def load_weights_sharded(self, directory: str | Path, *, parent_head: str) -> None:
+        """Start from another phase's sharded weights (any layout): each rank reads only the
+        regions it holds into its fp32 masters and the module's weights; the optimizer starts
+        fresh (no moments). A parent with another head (a reward model from an LM) gives every
+        tensor it has; the ones only this head has (``value_head``) keep their initial values,
+        and the checkpoint must hold exactly the rest. Collective (ZeRO 1/2 all-gather)."""
+        from orchestrator.engine.shards import load_rank_weights
+        from orchestrator.handoff.final import check_weights
+        from orchestrator.handoff.sharded import ShardedReader
+        from orchestrator.model.params import plain_parameter_shapes
+
+        shapes = plain_parameter_shapes(self.model_config, head=self.head)
+        fresh = frozenset(shapes) - frozenset(plain_parameter_shapes(self.model_config, head=parent_head))
+        check_weights(ShardedReader(directory), shapes, fresh=fresh)
+        load_rank_weights(self.engine, self._shards(), Path(directory), fresh=fresh)
 
     def module_for_inference(self) -> GPT:
         """The whole GPT module (pp = 1) for forward passes with a KV cache (PPO rollouts)."""

@@ -113,9 +113,13 @@ def adam_step(optimizer: torch.optim.Optimizer) -> int:
     return int(max(steps)) if steps else 0
 
 
-def fragment_tensors(fragment: Fragment, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
-    """What the checkpoint stores for ``fragment``: fp32 master and moments (views, not copies)."""
-    return {MASTER: fragment.master.float(), **{key: fragment.moment(optimizer, key).float() for key in MOMENTS}}
+def fragment_tensors(fragment: Fragment, optimizer: torch.optim.Optimizer, *,
+                     kinds: tuple[str, ...] = KINDS) -> dict[str, Tensor]:
+    """What the checkpoint stores for ``fragment``: fp32 master and moments (views, not copies);
+    ``kinds=(MASTER,)`` for a handoff, which starts a fresh optimizer."""
+    tensors = {MASTER: fragment.master.float()}
+    tensors.update({key: fragment.moment(optimizer, key).float() for key in MOMENTS if key in kinds})
+    return tensors
 
 
 @torch.no_grad()
@@ -139,7 +143,7 @@ def write_fragment(optimizer, fragment: Fragment, values: dict[str, Tensor]) -> 
     """Set ``fragment``'s master and moments; under ZeRO 0/3 also the module's copy of its elements
     (ZeRO 1/2 all-gather theirs afterwards: ``refresh_model_weights``)."""
     fragment.master.copy_(values[MASTER])
-    for key in MOMENTS:
+    for key in (key for key in MOMENTS if key in values):
         optimizer.state[fragment.flat][key].view(-1).narrow(0, fragment.offset, fragment.region.numel) \
             .copy_(values[key])
     param = fragment.param
@@ -149,8 +153,9 @@ def write_fragment(optimizer, fragment: Fragment, values: dict[str, Tensor]) -> 
         param.data.view(-1).copy_(values[MASTER])          # a 16-bit ZeRO-0 weight: its rounding
 
 
-def refresh_model_weights(engine) -> None:
-    """ZeRO 1/2 / BF16: every model weight from the fp32 partitions just written, and each
+def refresh_model_weights(engine, *, link_optimizer_state: bool = True) -> None:
+    """ZeRO 1/2 / BF16: every model weight from the fp32 partitions just written, and (unless
+    ``link_optimizer_state`` is False: a handoff, whose optimizer has no state yet) each
     parameter's ``_hp_mapping`` linked to the optimizer state just created (as DeepSpeed does
     after its first step, so ``safe_get_full_optimizer_state`` works at once). Collective."""
     optimizer = engine.optimizer
@@ -158,7 +163,7 @@ def refresh_model_weights(engine) -> None:
         return                                        # ZeRO 3 and ZeRO 0 wrote the module's copy directly
     optimizer.update_lp_params()
     link = getattr(optimizer, "_lazy_init_hp_params_optimizer_state", None)
-    if link is not None:
+    if link is not None and link_optimizer_state:
         link()
 
 
@@ -178,13 +183,15 @@ def stores(fragment: Fragment, state: ParallelState, *, zero_stage: int) -> bool
 
 
 def save_rank_shards(engine, shards: list[tuple[nn.Parameter, Shard]], directory: Path, *,
-                     state: ParallelState) -> dict[str, str]:
-    """This rank's fragments into ``directory`` (``handoff.sharded`` format); {file: sha256}. Not collective."""
+                     state: ParallelState, kinds: tuple[str, ...] = KINDS) -> dict[str, str]:
+    """This rank's fragments into ``directory`` (``handoff.sharded`` format); {file: sha256}. Not
+    collective. ``kinds``: what each fragment stores (a handoff's final weights: ``(MASTER,)``)."""
     optimizer = torch_optimizer(engine)
     zero_stage = state.layout.zero_stage
     mine = [f for f in local_fragments(engine, shards) if stores(f, state, zero_stage=zero_stage)]
-    return write_rank_shards(directory, rank=state.rank, metadata={"adam_step": adam_step(optimizer)},
-                             fragments=((f.region, fragment_tensors(f, optimizer)) for f in mine))
+    return write_rank_shards(directory, rank=state.rank, metadata={"adam_step": adam_step(optimizer),
+                                                                   "kinds": list(kinds)},
+                             fragments=((f.region, fragment_tensors(f, optimizer, kinds=kinds)) for f in mine))
 
 
 def load_rank_shards(engine, shards: list[tuple[nn.Parameter, Shard]], directory: Path) -> int:
@@ -200,3 +207,18 @@ def load_rank_shards(engine, shards: list[tuple[nn.Parameter, Shard]], directory
     reader.close()
     refresh_model_weights(engine)
     return step
+
+
+def load_rank_weights(engine, shards: list[tuple[nn.Parameter, Shard]], directory: Path, *,
+                      fresh: frozenset[str] = frozenset()) -> None:
+    """A handoff: the fp32 master (and the module's copy) of every fragment this rank holds, read
+    from another phase's sharded weights of any layout; the optimizer keeps no state (a new phase
+    starts a fresh AdamW). ``fresh``: parameters the parent does not have (a reward model's new
+    scalar head), which keep their initial values. Collective (ZeRO 1/2 all-gather)."""
+    reader = ShardedReader(directory)
+    optimizer = torch_optimizer(engine)
+    for fragment in local_fragments(engine, shards):    # one parameter's fragment in flight at a time
+        if fragment.region.name not in fresh:
+            write_fragment(optimizer, fragment, {MASTER: reader.read(fragment.region, MASTER)})
+    reader.close()
+    refresh_model_weights(engine, link_optimizer_state=False)

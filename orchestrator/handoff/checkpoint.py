@@ -241,14 +241,17 @@ def latest_checkpoint(root: Path | str) -> Path | None:
     return read_latest(root)
 
 
-def verify_checkpoint(path: Path | str) -> dict[str, str]:
-    """Refuse a checkpoint whose files are missing, truncated or edited; return its hashes."""
+def verify_checkpoint(path: Path | str, *, share: tuple[int, int] = (0, 1)) -> dict[str, str]:
+    """Refuse a checkpoint whose files are missing, truncated or edited; return its hashes.
+    ``share=(rank, world)``: check only every ``world``-th file from the ``rank``-th (sorted), so
+    the ranks of a job hash the checkpoint in parallel, each its share (they then agree)."""
     path = Path(path)
     if not path.is_dir():
         raise HandoffError(f"checkpoint {path} does not exist")
     hashes = read_sums(path)
     fix = f"checkpoint {path} is corrupt; delete it to resume from the previous one"
-    for name, want in hashes.items():
+    rank, world = share
+    for name, want in sorted(hashes.items())[rank::world]:
         file = path / name
         if not file.is_file():
             raise HandoffError(f"checkpoint file {file} is missing: {fix}")

@@ -1,8 +1,9 @@
-"""A phase's consolidated weights as a Hugging Face model: ``GPT2LMHeadModel``, or
+"""A phase's sharded weights as a Hugging Face model: ``GPT2LMHeadModel``, or
 ``GPTNeoForCausalLM`` when the model alternates dense and local attention.
 
-Export reads the phase only through its verified manifest, maps the plain-GPT state dict onto
-the Hugging Face layout, saves it with ``save_pretrained`` beside the run's tokenizer, reloads it
+Export reads the phase only through its verified manifest, maps each plain-GPT tensor onto the
+Hugging Face layout as it streams from the phase's ``final/shards`` into safetensors shards (one
+tensor in memory at a time), writes the config beside the run's tokenizer, reloads the folder
 offline and compares its logits with ours on the same ids; ``export.json`` records the result.
 
 GPT-2 is a rename plus a transpose: our ``nn.Linear`` weights are (out, in), GPT-2's ``Conv1D``
@@ -22,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -111,40 +112,83 @@ def module_names(config: GPTConfig, modules: tuple[str, ...]) -> dict[str, str]:
             for i in range(config.n_layers) for module in modules for kind in ("weight", "bias")}
 
 
-def _shared(state: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
-    """Embeddings, LayerNorms and the tied head: the same names in both architectures."""
-    out = {theirs: state[ours] for ours, theirs in shared_names(config).items()}
-    out["lm_head.weight"] = state["wte.weight"]
-    return out
+Get = Callable[[str], Tensor]
+"""``get(name)``: our plain fp32 tensor ``name`` (from a state dict, or read from the shards)."""
 
 
-def gpt2_state(state: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
-    """GPT2LMHeadModel names; Linear (out, in) → Conv1D (in, out)."""
-    out = _shared(state, config)
-    for ours, theirs in module_names(config, GPT2_LINEARS).items():
-        out[theirs] = state[ours].t().contiguous() if ours.endswith(".weight") else state[ours]
-    return out
+@dataclass(frozen=True)
+class HFTensor:
+    """One tensor of the Hugging Face model: its name, shape, and how to make it from ours."""
+
+    name: str
+    shape: tuple[int, ...]
+    make: Callable[[Get], Tensor]
 
 
-def gpt_neo_state(state: dict[str, Tensor], config: GPTConfig, *, approximate: bool) -> dict[str, Tensor]:
-    """GPTNeoForCausalLM names with the attention scale and the k/v biases folded (module docstring)."""
-    out, d = _shared(state, config), config.d_attn
+def _copy(ours: str) -> Callable[[Get], Tensor]:
+    return lambda get: get(ours)
+
+
+def _transposed(ours: str) -> Callable[[Get], Tensor]:
+    return lambda get: get(ours).t().contiguous()
+
+
+def _qkv_part(layer: int, part: int, d_attn: int, scale: float) -> Callable[[Get], Tensor]:
+    return lambda get: (get(f"h.{layer}.attn.c_attn.weight")[part * d_attn:(part + 1) * d_attn] * scale).contiguous()
+
+
+def _neo_out_bias(layer: int, d_attn: int) -> Callable[[Get], Tensor]:
+    def make(get: Get) -> Tensor:
+        b_v = get(f"h.{layer}.attn.c_attn.bias")[2 * d_attn:]
+        return get(f"h.{layer}.attn.c_proj.bias") + get(f"h.{layer}.attn.c_proj.weight") @ b_v   # Σ_j p_ij = 1
+    return make
+
+
+def hf_tensors(config: GPTConfig, shapes: dict[str, tuple[int, ...]]) -> list[HFTensor]:
+    """Every tensor of the Hugging Face model, in order, from ours of ``shapes`` (the plain LM's):
+    GPT-2: rename, Linear (out, in) → Conv1D (in, out); GPT-Neo: the attention scale folded into
+    ``q_proj``, the value bias into ``out_proj.bias`` (module docstring). The LM head is tied to
+    ``wte`` (``tie_word_embeddings``), so it is not stored."""
+    specs = [HFTensor(theirs, shapes[ours], _copy(ours)) for ours, theirs in shared_names(config).items()]
+    if config.attention != "alternating":
+        for ours, theirs in module_names(config, GPT2_LINEARS).items():
+            weight = ours.endswith(".weight")
+            shape = tuple(reversed(shapes[ours])) if weight else shapes[ours]
+            specs.append(HFTensor(theirs, shape, _transposed(ours) if weight else _copy(ours)))
+        return specs
+    d, d_model = config.d_attn, config.d_model
     for i in range(config.n_layers):
-        w_q, w_k, w_v = state[f"h.{i}.attn.c_attn.weight"].split(d, dim=0)      # each (d_attn, d_model)
-        b_q, _b_k, b_v = state[f"h.{i}.attn.c_attn.bias"].split(d, dim=0)        # b_k: softmax-invariant
-        if b_q.abs().max() > 0 and not approximate:
+        prefix = f"transformer.h.{i}.{NEO_ATTENTION}"
+        for part, (proj, scale) in enumerate((("q_proj", 1 / math.sqrt(config.d_head)), ("k_proj", 1.0),
+                                              ("v_proj", 1.0))):         # GPT-Neo does not scale q·k
+            specs.append(HFTensor(f"{prefix}.{proj}.weight", (d, d_model), _qkv_part(i, part, d, scale)))
+        specs.append(HFTensor(f"{prefix}.out_proj.weight", shapes[f"h.{i}.attn.c_proj.weight"],
+                              _copy(f"h.{i}.attn.c_proj.weight")))
+        specs.append(HFTensor(f"{prefix}.out_proj.bias", (d_model,), _neo_out_bias(i, d)))
+    specs += [HFTensor(theirs, shapes[ours], _copy(ours)) for ours, theirs in module_names(config, NEO_MLP).items()]
+    return specs
+
+
+def check_query_bias(get: Get, config: GPTConfig, *, approximate: bool) -> None:
+    """GPT-Neo's q_proj has no bias: refuse a non-zero one (it adds b_q·k_j, different per key)
+    unless ``approximate``. The key bias is dropped exactly (softmax-invariant)."""
+    if config.attention != "alternating" or approximate:
+        return
+    for i in range(config.n_layers):
+        b_q = get(f"h.{i}.attn.c_attn.bias")[:config.d_attn]
+        if b_q.abs().max() > 0:
             raise HandoffError(f"layer {i} has a non-zero query bias (max |b_q| = {b_q.abs().max():.3g}); GPT-Neo's "
                                f"q_proj has no bias, so GPTNeoForCausalLM cannot reproduce this model exactly: "
                                f"export with --approximate to accept (and report) the logit difference")
-        w_o, b_o = state[f"h.{i}.attn.c_proj.weight"], state[f"h.{i}.attn.c_proj.bias"]
-        prefix = f"transformer.h.{i}.{NEO_ATTENTION}"
-        out[f"{prefix}.q_proj.weight"] = w_q / math.sqrt(config.d_head)      # GPT-Neo does not scale q·k
-        out[f"{prefix}.k_proj.weight"] = w_k.clone()
-        out[f"{prefix}.v_proj.weight"] = w_v.clone()
-        out[f"{prefix}.out_proj.weight"] = w_o
-        out[f"{prefix}.out_proj.bias"] = b_o + w_o @ b_v                     # Σ_j p_ij = 1 carries b_v through
-    out.update({theirs: state[ours] for ours, theirs in module_names(config, NEO_MLP).items()})
-    return out
+
+
+def hf_state(state: dict[str, Tensor], config: GPTConfig, *, approximate: bool = False) -> dict[str, Tensor]:
+    """A plain-GPT LM state dict under Hugging Face names (in memory: for tests and benchmarks)."""
+    check_query_bias(state.__getitem__, config, approximate=approximate)
+    shapes = {name: tuple(t.shape) for name, t in state.items()}
+    mapped = {spec.name: spec.make(state.__getitem__) for spec in hf_tensors(config, shapes)}
+    mapped["lm_head.weight"] = state["wte.weight"]
+    return mapped
 
 
 def build_hf_model(state: dict[str, Tensor], config: GPTConfig, *, eos_id: int, pad_id: int,
@@ -159,7 +203,7 @@ def build_hf_model(state: dict[str, Tensor], config: GPTConfig, *, eos_id: int, 
                            f"unexpected {extra[:3]}): export needs an LM-head phase (pretrain, sft, ppo)")
     hf_cfg = hf_config(config, eos_id=eos_id, pad_id=pad_id)
     neo = config.attention == "alternating"
-    mapped = gpt_neo_state(state, config, approximate=approximate) if neo else gpt2_state(state, config)
+    mapped = hf_state(state, config, approximate=approximate)
     model = (GPTNeoForCausalLM if neo else GPT2LMHeadModel)(hf_cfg)
     model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=True)
     model.tie_weights()
@@ -227,35 +271,106 @@ def save_tokenizer(manifest: Manifest, *, run_dir: Path, out_dir: Path, override
     return tokenizer
 
 
+MAX_SHARD_BYTES = 2 * 1024**3
+"""Largest safetensors file the export writes (Hugging Face's sharded layout beyond it)."""
+
+
+def write_hf_weights(out_dir: Path, specs: list[HFTensor], get: Get, *, max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:
+    """The Hugging Face weights as safetensors shards, streamed: each file's header first (names
+    and shapes are known), then its tensors made and written one at a time, so one tensor (plus
+    the few of ours a GPT-Neo attention tensor is made from) is in memory. One file is
+    ``model.safetensors``; more are ``model-0000i-of-0000n.safetensors`` with the index
+    ``model.safetensors.index.json`` that ``from_pretrained`` reads. Returns the file names."""
+    from orchestrator.handoff.sharded import stream_safetensors
+
+    groups, size = [[]], 0
+    for spec in specs:
+        nbytes = 4 * math.prod(spec.shape)
+        if groups[-1] and size + nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(spec)
+        size += nbytes
+    names = (["model.safetensors"] if len(groups) == 1 else
+             [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
+    for name, group in zip(names, groups):
+        header, offset = {}, 0
+        for spec in group:
+            nbytes = 4 * math.prod(spec.shape)
+            header[spec.name] = {"dtype": "F32", "shape": list(spec.shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        header["__metadata__"] = {"format": "pt"}            # what from_pretrained requires of a safetensors file
+        stream_safetensors(out_dir / name, header, (_checked(spec, get) for spec in group))
+    if len(groups) > 1:
+        weight_map = {spec.name: name for name, group in zip(names, groups) for spec in group}
+        total = sum(4 * math.prod(spec.shape) for spec in specs)
+        (out_dir / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    return names
+
+
+def _checked(spec: HFTensor, get: Get) -> Tensor:
+    tensor = spec.make(get).to(torch.float32).contiguous()
+    if tuple(tensor.shape) != spec.shape:
+        raise HandoffError(f"{spec.name}: made a tensor of shape {tuple(tensor.shape)}, expected {spec.shape}")
+    return tensor
+
+
 def export_phase(phase_dir: Path | str, out_dir: Path | str, *, tokenizer_dir: Optional[str] = None,
-                 approximate: bool = False) -> ExportResult:
-    """Export a complete LM phase to ``out_dir`` and prove the export computes our logits."""
+                 approximate: bool = False, max_shard_bytes: int = MAX_SHARD_BYTES) -> ExportResult:
+    """Export a complete LM phase to ``out_dir`` and prove the export computes our logits.
+
+    The weights stream from the phase's sharded ``final/shards`` (``handoff.final``) into
+    safetensors shards one tensor at a time (``write_hf_weights``): nothing builds the whole
+    state dict. The proof then loads both models whole in this one process — ours from the
+    shards, tensor by tensor, and the export with ``from_pretrained`` — and compares logits."""
     import shutil
 
     from transformers import AutoModelForCausalLM
+
+    from orchestrator.handoff.final import check_weights, parent_reader, read_tensor
+    from orchestrator.model.params import plain_parameter_shapes
 
     phase_dir, out_dir = Path(phase_dir), Path(out_dir)
     if out_dir.exists():
         raise HandoffError(f"{out_dir} already exists: choose a new directory or delete it")
     manifest = exportable_manifest(phase_dir)
     config = from_dict(GPTConfig, manifest.model, "manifest.model")
-    state = torch.load(phase_dir / manifest.checkpoint, map_location="cpu", weights_only=True)
-    model = build_hf_model(state, config, eos_id=manifest.eos_id, pad_id=manifest.pad_id, approximate=approximate)
+    hf_cfg = hf_config(config, eos_id=manifest.eos_id, pad_id=manifest.pad_id)
+    reader = parent_reader(phase_dir, checkpoint=manifest.checkpoint, files=manifest.files)
+    shapes = plain_parameter_shapes(config, head="lm")
+    check_weights(reader, shapes)
+    get = lambda name: read_tensor(reader, name, shapes[name])        # noqa: E731  one tensor, read when needed
+    check_query_bias(get, config, approximate=approximate)
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(str(partial))
-    tokenizer = save_tokenizer(manifest, run_dir=phase_dir.parent, out_dir=partial, override=tokenizer_dir)
-    reloaded = AutoModelForCausalLM.from_pretrained(str(partial), local_files_only=True).eval()
-    ids = probe_ids(config, vocab_limit=len(tokenizer))
-    with torch.no_grad():
-        diff = max_logit_diff(ours_logits(state, config, ids), reloaded(ids).logits)
+    partial.mkdir(parents=True)
+    try:
+        hf_cfg.save_pretrained(str(partial))
+        write_hf_weights(partial, hf_tensors(config, shapes), get, max_shard_bytes=max_shard_bytes)
+        tokenizer = save_tokenizer(manifest, run_dir=phase_dir.parent, out_dir=partial, override=tokenizer_dir)
+        reloaded = AutoModelForCausalLM.from_pretrained(str(partial), local_files_only=True).eval()
+        diff = _logit_diff(phase_dir / manifest.checkpoint, config, reloaded, vocab_limit=len(tokenizer))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if diff > LOGIT_TOLERANCE and not approximate:
         shutil.rmtree(partial, ignore_errors=True)
-        raise HandoffError(f"the exported {type(model).__name__} differs from ours by {diff:.3g} in its logits "
+        raise HandoffError(f"the exported {type(reloaded).__name__} differs from ours by {diff:.3g} in its logits "
                            f"(tolerance {LOGIT_TOLERANCE:g}): nothing was written")
     source = manifest_path(phase_dir.parent, phase_dir.name)
-    result = ExportResult(out_dir=str(out_dir), architecture=type(model).__name__, max_abs_logit_diff=diff,
+    result = ExportResult(out_dir=str(out_dir), architecture=type(reloaded).__name__, max_abs_logit_diff=diff,
                           source_manifest=str(source), source_sha256=sha256_file(source), approximate=approximate)
     (partial / "export.json").write_text(json.dumps(to_dict(result), indent=2) + "\n")
     partial.rename(out_dir)
     return result
+
+
+def _logit_diff(shards: Path, config: GPTConfig, reloaded, *, vocab_limit: int) -> float:
+    """Ours (built from the shards) against the reloaded export, on ``probe_ids``."""
+    from orchestrator.phases.outputs import frozen_model
+
+    ours = frozen_model(config, head="lm", shards=shards, device=torch.device("cpu"), dtype=torch.float32)
+    ids = probe_ids(config, vocab_limit=vocab_limit)
+    with torch.no_grad():
+        return max_logit_diff(ours(ids).logits, reloaded(ids).logits)

@@ -45,12 +45,15 @@ def hash_tree(root: Path, paths: Iterable[Path | str]) -> dict[str, str]:
     return dict(sorted(hashes.items()))
 
 
-def check_hashes(root: Path, expected: dict[str, str], *, fix: str) -> None:
+def check_hashes(root: Path, expected: dict[str, str], *, fix: str, share: tuple[int, int] = (0, 1)) -> None:
     """Refuse the first file under ``root`` that is missing or differs from ``expected``.
 
-    ``fix`` is appended to the message: what the user should do about it.
+    ``fix`` is appended to the message: what the user should do about it. ``share=(rank, world)``
+    checks only every ``world``-th file from the ``rank``-th (sorted): the ranks of a job check
+    the files in parallel, each its share, and agree on the outcome (``phases.outputs.agree``).
     """
-    for relative, want in expected.items():
+    rank, world = share
+    for relative, want in sorted(expected.items())[rank::world]:
         file = Path(root) / relative
         if not file.is_file():
             raise HandoffError(f"file {file} is missing: {fix}")

@@ -9,8 +9,8 @@ name every Hugging Face option whose function our GPT does not have. The result 
 assumed: our GPT with the mapped weights and the folder's model give the same logits on fixed ids
 (``export.LOGIT_TOLERANCE``), or nothing is written.
 
-The phase holds what a trained pretrain phase holds — ``final/model.pt`` (the plain-GPT state
-dict), a complete manifest with the model config, tokenizer hash, pad / EOS ids and head ``lm`` —
+The phase holds what a trained pretrain phase holds — ``final/shards`` (the plain-GPT fp32
+weights as one rank's shard file, ``handoff.final``), a complete manifest with the model config, tokenizer hash, pad / EOS ids and head ``lm`` —
 plus ``model.yaml`` (the model for ``--set model=...``) and ``source`` (the folder's file hashes).
 The tokenizer goes where phases read it, ``RUN_DIR/data/tokenizer``.
 """
@@ -251,17 +251,18 @@ def _write_phase(run_dir: Path, target: Path, *, config: GPTConfig, state: dict,
     """The complete pretrain phase, built in a staging folder and renamed into place."""
     import yaml
 
-    from orchestrator.phases.outputs import FINAL_WEIGHTS, save_final_weights
+    from orchestrator.handoff.final import FINAL_WEIGHTS, write_whole_tensors
 
     staging = target.with_name(f".{target.name}.import")
     shutil.rmtree(staging, ignore_errors=True)
-    save_final_weights(state, staging)
+    hashes = write_whole_tensors(staging / FINAL_WEIGHTS, state.items())       # one process: rank 0's file
     atomic_write_text(staging / MODEL_FILE, yaml.safe_dump(to_dict(config), sort_keys=False))
     manifest = start_manifest(run_dir, phase="pretrain", model=to_dict(config), tokenizer_hash=info.tokenizer_hash,
                               pad_id=info.pad_id, eos_id=info.eos_id, head="lm", layout={},
                               tokenizer_dir=TOKENIZER_DIR)
     manifest = complete_manifest(dataclasses.replace(manifest, source=source), staging, step=0,
-                                 checkpoint=FINAL_WEIGHTS, metrics={}, artifacts=[MODEL_FILE])
+                                 checkpoint=FINAL_WEIGHTS, metrics={}, artifacts=[MODEL_FILE],
+                                 checkpoint_files={f"{FINAL_WEIGHTS}/{name}": digest for name, digest in hashes.items()})
     write_manifest(staging, manifest)
     staging.rename(target)
     return manifest

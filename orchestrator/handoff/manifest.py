@@ -88,7 +88,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     """sha256 of every file this phase hands on, by path relative to the phase directory."""
     checkpoint: Optional[str] = None
-    """Consolidated weights the next phase loads, relative to the phase directory."""
+    """The weights the next phase loads, relative to the phase directory: ``final/shards``
+    (every rank's fp32 master shards, ``handoff.final``)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     started: str = ""
     finished: Optional[str] = None
@@ -162,9 +163,16 @@ def start_manifest(run_dir: Path | str, *, phase: str, model: dict, tokenizer_ha
 
 
 def complete_manifest(manifest: Manifest, phase_directory: Path | str, *, step: int, checkpoint: str,
-                      metrics: dict, artifacts: Sequence[str] = ()) -> Manifest:
-    """The ``complete`` manifest: hashes the consolidated ``checkpoint`` (file or directory) and ``artifacts``."""
-    files = hash_tree(Path(phase_directory), [checkpoint, *artifacts])
+                      metrics: dict, artifacts: Sequence[str] = (),
+                      checkpoint_files: Optional[dict[str, str]] = None) -> Manifest:
+    """The ``complete`` manifest: the hashes of ``checkpoint`` (file or directory) and ``artifacts``.
+    ``checkpoint_files``: {path: sha256} of the checkpoint's files as the ranks that wrote them
+    computed them (the sharded final weights); None hashes ``checkpoint`` here."""
+    if checkpoint_files is None:
+        files = hash_tree(Path(phase_directory), [checkpoint, *artifacts])
+    else:
+        files = {**checkpoint_files, **hash_tree(Path(phase_directory), artifacts)}
+    files = dict(sorted(files.items()))
     return dataclasses.replace(manifest, status="complete", step=step, checkpoint=checkpoint, files=files,
                                metrics=dict(metrics), finished=now(), error=None)
 
@@ -188,8 +196,9 @@ def architecture_diff(expected: dict, found: dict) -> list[str]:
 
 
 def verify_parent(run_dir: Path | str, *, parent_phase: str, expect_head: Head, expect_model: Optional[dict],
-                  expect_tokenizer_hash: Optional[str]) -> Manifest:
-    """The parent's manifest, once its status, files, architecture, tokenizer and head all check out."""
+                  expect_tokenizer_hash: Optional[str], share: tuple[int, int] = (0, 1)) -> Manifest:
+    """The parent's manifest, once its status, files, architecture, tokenizer and head all check out.
+    ``share=(rank, world)``: hash only this rank's share of the files (``hashing.check_hashes``)."""
     directory, label = phase_dir(run_dir, parent_phase), LABELS.get(parent_phase, parent_phase)
     hint = f"run `{rerun_hint(run_dir, parent_phase)}`"
     if not manifest_path(run_dir, parent_phase).is_file():
@@ -210,7 +219,7 @@ def verify_parent(run_dir: Path | str, *, parent_phase: str, expect_head: Head, 
                            f"(hash {manifest.tokenizer_hash[:12]}…, this run's is {expect_tokenizer_hash[:12]}…): "
                            f"{hint}")
     _check_checkpoint_listed(manifest, directory, hint)
-    check_hashes(directory, manifest.files, fix=f"the {label} output is corrupt; {hint}")
+    check_hashes(directory, manifest.files, fix=f"the {label} output is corrupt; {hint}", share=share)
     return manifest
 
 

@@ -168,7 +168,7 @@ def write_rank_shards(directory: Path, *, rank: int, fragments: Iterable[tuple[R
         entries.append({**region.to_json(), "keys": keys})
     header["__metadata__"] = {"format": FORMAT}
     stem = rank_stem(rank)
-    data_hash = _stream_safetensors(directory / f"{stem}.safetensors", header,
+    data_hash = stream_safetensors(directory / f"{stem}.safetensors", header,
                                     (tensor for _, tensors in fragments for tensor in tensors.values()))
     index = {"format": FORMAT, "rank": rank, "file": f"{stem}.safetensors", **metadata, "entries": entries}
     text = json.dumps(index, indent=1).encode()
@@ -177,7 +177,7 @@ def write_rank_shards(directory: Path, *, rank: int, fragments: Iterable[tuple[R
     return {f"{stem}.safetensors": data_hash, f"{stem}.json": hashlib.sha256(text).hexdigest()}
 
 
-def _stream_safetensors(path: Path, header: dict, tensors: Iterable[Tensor]) -> str:
+def stream_safetensors(path: Path, header: dict, tensors: Iterable[Tensor]) -> str:
     """The safetensors layout (8-byte header length, JSON header padded to 8 bytes, raw data),
     written one tensor at a time; returns the file's sha256."""
     encoded = json.dumps(header, separators=(",", ":")).encode()

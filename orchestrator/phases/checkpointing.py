@@ -66,8 +66,8 @@ def latest_checkpoint(ctx: PhaseContext) -> Optional[Path]:
         ckpt.latest_checkpoint(ctx.checkpoint_root)
     outputs.barrier()
     latest = ckpt.latest_checkpoint(ctx.checkpoint_root)
-    if latest is not None:
-        ckpt.verify_checkpoint(latest)
+    if latest is not None:   # every rank hashes its share of the files; all stop if any is corrupt
+        outputs.agree(lambda: ckpt.verify_checkpoint(latest, share=(ctx.rank, ctx.world)))
     return latest
 
 

@@ -1,5 +1,5 @@
 """What a phase process knows: the run config, its directories, its rank — and what every phase
-reads from the run directory: the run's tokenizer and its parents' weights."""
+reads from the run directory: the run's tokenizer and its parents' sharded weights."""
 from __future__ import annotations
 
 import json
@@ -106,11 +106,15 @@ def load_run_tokenizer(ctx: PhaseContext) -> RunTokenizer:
     return RunTokenizer(info=info, manifest_dir=path.relative_to(ctx.run_dir).as_posix())
 
 
-def parent_state(ctx: PhaseContext, *, parent: str, tokenizer: RunTokenizer) -> dict:
-    """``parent``'s consolidated weights, verified against this run's model, the head this phase
-    expects of that parent (``handoff.manifest.PARENTS``) and the run's tokenizer."""
+def parent_shards(ctx: PhaseContext, *, parent: str, tokenizer: RunTokenizer) -> Path:
+    """``parent``'s sharded final weights (``final/shards``), verified against this run's model,
+    the head this phase expects of that parent (``handoff.manifest.PARENTS``) and the run's tokenizer."""
     from orchestrator.phases import outputs  # torch: only phase processes get here
 
-    head = dict(PARENTS[ctx.phase])[parent]
-    return outputs.parent_weights(ctx.run_dir, parent=parent, head=head, model=ctx.config.model.to_dict(),
-                                  tokenizer_hash=tokenizer.info.tokenizer_hash)
+    return outputs.parent_shards(ctx.run_dir, parent=parent, head=parent_head(ctx.phase, parent),
+                                 model=ctx.config.model.to_dict(), tokenizer_hash=tokenizer.info.tokenizer_hash)
+
+
+def parent_head(phase: str, parent: str) -> str:
+    """The head ``phase`` expects its ``parent`` to carry (``handoff.manifest.PARENTS``)."""
+    return dict(PARENTS[phase])[parent]

@@ -6,13 +6,15 @@ by implementing ``Phase``. The loop owns the cadence (STYLE.md habit 9):
     setup → resume from the latest checkpoint, if any (``checkpointing``; under another layout,
     one evaluation of the resharded weights) →
     for each step: train_step → count non-finite steps → log → evaluate → save →
-    final evaluation → consolidated weights → manifest (status complete)
+    final evaluation → every rank's fp32 master shards (``final/shards``, nothing gathered) →
+    manifest (status complete, every shard file's hash as its rank computed it)
 """
 from __future__ import annotations
 
 import abc
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from orchestrator.engine.peak import MFUMeter
@@ -73,13 +75,13 @@ class Phase(abc.ABC):
     def restore(self, state: dict) -> None:
         """Inverse of ``state``."""
 
-    def handoff_metrics(self, state: dict) -> dict[str, float]:
-        """Metrics of the consolidated weights handed on, measured on rank 0 (``state`` is only
-        there); for what ``evaluate`` cannot measure on the runtime (the reward model's pretrain_loss)."""
+    def handoff_metrics(self, shards: Path) -> dict[str, float]:
+        """Metrics of the weights handed on (``shards``: the committed ``final/shards``), measured
+        on rank 0 for what ``evaluate`` cannot measure on the runtime (the reward model's pretrain_loss)."""
         return {}
 
     def exported_runtime(self):
-        """The runtime whose consolidated weights the next phase receives."""
+        """The runtime whose weights the next phase receives."""
         return self.trained["model"]
 
     @property
@@ -114,13 +116,13 @@ def run(phase: Phase) -> dict[str, float]:
     try:
         _train(phase, log, start=start, skipped=skipped)
         final = phase.evaluate()
-        state = phase.exported_runtime().consolidated_state_dict()  # collective: every rank takes part
+        weights = outputs.save_final_weights(phase.exported_runtime(), ctx.phase_dir, rank=ctx.rank,
+                                             world=ctx.world)          # collective: each rank its own shards
         if ctx.is_main:
-            final.update(phase.handoff_metrics(state))
+            final.update(phase.handoff_metrics(ctx.phase_dir / outputs.FINAL_WEIGHTS))
         log.log("final", loop.steps, **final)
         if ctx.is_main:
-            outputs.save_final_weights(state, ctx.phase_dir)
-            outputs.complete(manifest, ctx.phase_dir, step=loop.steps, metrics=final)
+            outputs.complete(manifest, ctx.phase_dir, step=loop.steps, metrics=final, weights=weights)
         outputs.barrier()
     except BaseException as error:
         if ctx.is_main:

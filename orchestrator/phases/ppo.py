@@ -28,7 +28,7 @@ from orchestrator.data.labeller import score as labeller_score
 from orchestrator.engine.build import build_runtime
 from orchestrator.model.loss import lm_loss
 from orchestrator.phases import rl_math
-from orchestrator.phases.context import RunTokenizer, load_run_tokenizer, parent_state
+from orchestrator.phases.context import RunTokenizer, load_run_tokenizer, parent_head, parent_shards
 from orchestrator.phases.loop import Phase, StepOutcome
 from orchestrator.phases.outputs import frozen_model
 from orchestrator.phases.pretrain_loss import PretrainLoss
@@ -117,19 +117,24 @@ class PPO(Phase):
         self._build_models(resuming=resuming)
 
     def _build_models(self, *, resuming: bool) -> None:
-        sft = parent_state(self.ctx, parent="sft", tokenizer=self.tokenizer)
-        rm = parent_state(self.ctx, parent="reward", tokenizer=self.tokenizer)
+        sft = parent_shards(self.ctx, parent="sft", tokenizer=self.tokenizer)
+        rm = parent_shards(self.ctx, parent="reward", tokenizer=self.tokenizer)
         ppo, seed = self.config, self.ctx.config.seed
         common = dict(total_steps=ppo.schedule_steps, seed=seed, ds_config=self.ctx.ds_config(),
                       device_type=self.ctx.config.cluster.device_type,
                       timeout_minutes=self.ctx.config.launch.timeout_minutes)
-        actor = build_runtime(self.model_config, ppo.layout, ppo.optim, head="lm",
-                              init_state=None if resuming else sft, **common)
+        actor = build_runtime(self.model_config, ppo.layout, ppo.optim, head="lm", **common)
         critic = build_runtime(self.model_config, ppo.layout, dataclasses.replace(ppo.optim, lr=ppo.critic_lr),
-                               head="scalar", init_state=None if resuming else rm, **common)
-        frozen = dict(device=torch.device("cpu") if ppo.offload_frozen else actor.device, dtype=actor.dtype)
-        self.reference = frozen_model(self.model_config, head="lm", state=sft, **frozen)      # the actor's dtype:
-        self.reward_model = frozen_model(self.model_config, head="scalar", state=rm, **frozen)  # KL 0 at step 1
+                               head="scalar", **common)
+        if not resuming:        # each rank reads its own regions of the parents' shards
+            actor.load_weights_sharded(sft, parent_head=parent_head(self.name, "sft"))
+            critic.load_weights_sharded(rm, parent_head=parent_head(self.name, "reward"))
+        # laid out over the actor's TP group (each rank its TP piece), or whole on the host when offloaded
+        tp_group = actor.state.tp_group if actor.layout.tp > 1 and not ppo.offload_frozen else None
+        frozen = dict(device=torch.device("cpu") if ppo.offload_frozen else actor.device, dtype=actor.dtype,
+                      tp_group=tp_group)
+        self.reference = frozen_model(self.model_config, head="lm", shards=sft, **frozen)      # the actor's dtype:
+        self.reward_model = frozen_model(self.model_config, head="scalar", shards=rm, **frozen)  # KL 0 at step 1
         self.trained = {"actor": actor, "critic": critic}
 
     def exported_runtime(self):

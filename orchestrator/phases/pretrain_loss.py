@@ -10,7 +10,7 @@ corpus by the SFT phase that starts from it (``parent_pretrain_loss``).
 
     measure = PretrainLoss.for_run(ctx.config)
     measure.of_runtime(runtime)        # LM-head runtimes, any layout (collective)
-    measure.of_state(state, config)    # a consolidated state dict, e.g. the reward model's trunk
+    measure.of_shards(shards, config)  # a phase's sharded weights, e.g. the reward model's trunk
                                        # read through its tied embedding (one process)
 """
 from __future__ import annotations
@@ -82,14 +82,14 @@ class PretrainLoss:
         return runtime.eval_loss(batches) if batches else None
 
     @torch.no_grad()
-    def of_state(self, state: dict, model_config, *, device: torch.device, micro_batch: int = 16) -> Optional[float]:
-        """The loss of a consolidated state dict as an LM (a scalar head's weights are left out: the
-        trunk is read through the tied token embedding, as the LM it was fine-tuned from)."""
+    def of_shards(self, shards, model_config, *, device: torch.device, micro_batch: int = 16) -> Optional[float]:
+        """The loss of a phase's sharded weights (``final/shards``) as an LM (a scalar head's
+        weights are not read: the trunk is read through the tied token embedding, as the LM it was
+        fine-tuned from). One process; the model is built one tensor at a time."""
         from orchestrator.model.loss import lm_loss
         from orchestrator.phases.outputs import frozen_model
 
-        lm_state = {name: value for name, value in state.items() if not name.startswith("value_head.")}
-        model = frozen_model(model_config, head="lm", state=lm_state, device=device, dtype=torch.float32)
+        model = frozen_model(model_config, head="lm", shards=shards, device=device, dtype=torch.float32)
         total = tokens = 0.0
         for batch in self.batches(micro_batch=micro_batch, dp_rank=0, dp_size=1, pipeline=False):
             labels = batch["labels"].to(device)

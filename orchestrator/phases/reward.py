@@ -16,9 +16,8 @@ import torch
 from orchestrator.config.run import SamplingConfig
 from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.rlhf import collate_rm, load_rm
-from orchestrator.model.params import initial_value, plain_parameter_shapes
 from orchestrator.phases import outputs, rl_math
-from orchestrator.phases.context import load_run_tokenizer, parent_state
+from orchestrator.phases.context import load_run_tokenizer, parent_head, parent_shards
 from orchestrator.phases.outputs import frozen_model, phase_device, run_dtype
 from orchestrator.phases.pretrain_loss import PretrainLoss
 from orchestrator.phases.sampling import rank_batches, sample, sampling_generator, sums_over_ranks
@@ -39,13 +38,6 @@ def ranking_loss_fn(forward, batch: dict):
     rewards = rewards_at_eos(forward, batch)
     loss, accuracy = rl_math.ranking_loss(rewards, rl_math.preference_matrix(batch["scores"], batch["valid"]))
     return loss, {"pairwise_accuracy": accuracy.detach(), "reward_mean": rewards.detach().mean()}
-
-
-def with_scalar_head(state: dict, *, config, seed: int) -> dict:
-    """The SFT weights plus a freshly initialised value head in place of the (tied) LM head."""
-    head = {name: initial_value(name, shape, config=config, seed=seed)
-            for name, shape in plain_parameter_shapes(config, head="scalar").items() if name.startswith("value_head.")}
-    return {**state, **head}
 
 
 def write_policy_rankings(model, *, prompts: list[str], out: Path, k: int, labeller, tokenizer, eos_id: int,
@@ -85,7 +77,7 @@ class Reward(SupervisedPhase):
 
     def setup(self, *, resuming: bool) -> None:
         self.tokenizer = load_run_tokenizer(self.ctx)
-        sft = parent_state(self.ctx, parent="sft", tokenizer=self.tokenizer)
+        sft = parent_shards(self.ctx, parent="sft", tokenizer=self.tokenizer)
         files = self.ranking_files(sft)
         tokenizer, seq_len, eos = self.tokenizer.hf(), self.config.loop.seq_len, self.tokenizer.eos_id
         template = self.ctx.config.data.prompt_template
@@ -94,10 +86,10 @@ class Reward(SupervisedPhase):
         self.eval_examples, _ = load_rm(files["eval"], tokenizer=tokenizer, eos_id=eos, seq_len=seq_len,
                                         template=template)
         self.pretrain_loss = PretrainLoss.for_run(self.ctx.config)
-        init = None if resuming else with_scalar_head(sft, config=self.ctx.config.model, seed=self.ctx.config.seed)
-        self.build(init_state=init)
+        # the SFT weights; the scalar head (which the LM parent lacks) keeps its initial values
+        self.build(parent=None if resuming else sft, parent_head=parent_head(self.name, "sft"))
 
-    def ranking_files(self, sft_state: dict) -> dict[str, Path]:
+    def ranking_files(self, sft: Path) -> dict[str, Path]:
         """The RM's train and eval rankings: the task files, or (``candidates: policy``) the SFT
         model's own samples ranked by the labeller, written once by rank 0 into the phase directory."""
         given = {split: phase_file(self.ctx, f"rm_{split}") for split in ("train", "eval")}
@@ -105,7 +97,7 @@ class Reward(SupervisedPhase):
             return given
         files = {split: self.ctx.phase_dir / f"rm_policy_{split}.jsonl" for split in given}
         if self.ctx.is_main and not all(path.is_file() for path in files.values()):
-            model = frozen_model(self.ctx.config.model, head="lm", state=sft_state, device=phase_device(self.ctx),
+            model = frozen_model(self.ctx.config.model, head="lm", shards=sft, device=phase_device(self.ctx),
                                  dtype=run_dtype(self.ctx.config))
             for index, (split, path) in enumerate(files.items()):
                 prompts = [json.loads(line)["prompt"] for line in given[split].read_text().splitlines() if line.strip()]
@@ -116,11 +108,10 @@ class Reward(SupervisedPhase):
         outputs.barrier()
         return files
 
-    def handoff_metrics(self, state: dict) -> dict[str, float]:
+    def handoff_metrics(self, shards: Path) -> dict[str, float]:
         """``pretrain_loss`` of the reward model's trunk read through its tied token embedding (the
-        scalar head has no vocabulary), from the consolidated weights on rank 0."""
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        loss = self.pretrain_loss.of_state(state, self.ctx.config.model, device=device)
+        scalar head has no vocabulary), from the sharded weights handed on, on rank 0."""
+        loss = self.pretrain_loss.of_shards(shards, self.ctx.config.model, device=phase_device(self.ctx))
         return {} if loss is None else {"pretrain_loss": loss}
 
     def micro_batch_at(self, position: int, *, micro_batch: int, dp_rank: int, dp_size: int) -> dict:

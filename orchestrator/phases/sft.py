@@ -18,7 +18,7 @@ from orchestrator.data import labeller as labellers
 from orchestrator.data.mixture import shuffled_positions
 from orchestrator.data.phase_data import task_file
 from orchestrator.data.rlhf import collate_sft, load_prompts, load_sft
-from orchestrator.phases.context import load_run_tokenizer, parent_state
+from orchestrator.phases.context import load_run_tokenizer, parent_shards
 from orchestrator.phases.pretrain_loss import PretrainLoss
 from orchestrator.phases.sampling import oracle_evaluation
 from orchestrator.phases.supervised import SupervisedPhase
@@ -45,7 +45,7 @@ class SFT(SupervisedPhase):
         self.eval_prompts = load_eval_prompts(self)
         self.pretrain_loss = PretrainLoss.for_run(cfg)
         self.mix = self.pretrain_blocks() if self.config.pretrain_mix else None
-        self.build(init_state=None if resuming else parent_state(self.ctx, parent="pretrain", tokenizer=self.tokenizer))
+        self.build(parent=None if resuming else parent_shards(self.ctx, parent="pretrain", tokenizer=self.tokenizer))
         self.parent_pretrain_loss: Optional[float] = None if resuming else self.pretrain_loss.of_runtime(self.runtime)
 
     def pretrain_blocks(self):

@@ -7,6 +7,7 @@ micro-batches come from (``micro_batch_at``) and how it evaluates; this class do
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Callable, Optional
 
 from orchestrator.engine.build import build_runtime
@@ -32,12 +33,15 @@ class SupervisedPhase(Phase):
         """This DP rank's micro-batch at stream ``position``."""
 
     # --- shared -------------------------------------------------------------------------------
-    def build(self, *, init_state: Optional[dict] = None) -> None:
-        """The phase's runtime under its configured layout (collective)."""
+    def build(self, *, parent: Optional[Path] = None, parent_head: str = "lm") -> None:
+        """The phase's runtime under its configured layout, started from the ``parent``'s sharded
+        weights (each rank reads its own regions; None: a fresh init, or a resume). Collective."""
         cfg = self.ctx.config
         runtime = build_runtime(cfg.model, self.config.layout, self.config.optim, total_steps=self.config.loop.steps,
-                                head=self.head, seed=cfg.seed, init_state=init_state, ds_config=self.ctx.ds_config(),
+                                head=self.head, seed=cfg.seed, ds_config=self.ctx.ds_config(),
                                 device_type=cfg.cluster.device_type, timeout_minutes=cfg.launch.timeout_minutes)
+        if parent is not None:
+            runtime.load_weights_sharded(parent, parent_head=parent_head)
         self.trained = {"model": runtime}
 
     @property

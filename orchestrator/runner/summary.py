@@ -34,7 +34,7 @@ class PhaseSummary:
     step: Optional[int]
     metric: Optional[tuple[str, float]]
     checkpoint: Optional[str]
-    """The consolidated weights when complete, else the latest committed checkpoint."""
+    """The weights handed on (``final/shards``) when complete, else the latest committed checkpoint."""
     seconds: Optional[float]
     """Wall time: start to finish, or start to now while running."""
     records: tuple[dict, ...]

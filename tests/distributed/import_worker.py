@@ -1,4 +1,4 @@
-"""One rank of the import test: loads imported pretrain phases (``final/model.pt`` and
+"""One rank of the import test: loads imported pretrain phases (``final/shards`` and
 ``model.yaml``) into a tensor- or pipeline-parallel runtime and writes the logits it computes on
 the given ids. Started by torchrun from ``test_import_layouts.py``; not collected by pytest.
 
@@ -24,9 +24,9 @@ LAYOUTS = {"tp2": dict(tp=2, micro_batch=2), "pp2": dict(pp=2, micro_batch=2, gr
 def logits_under(phase_dir: Path, layout_name: str, ids: torch.Tensor):
     """The logits of the imported weights laid out as ``layout_name`` (on the rank that holds them)."""
     config = resolve_model(str(phase_dir / "model.yaml"))
-    state = torch.load(phase_dir / "final" / "model.pt", weights_only=True)
     layout = Layout(**LAYOUTS[layout_name]).resolve(dist.get_world_size())
-    runtime = build_runtime(config, layout, OptimConfig(), total_steps=1, seed=11, init_state=state)
+    runtime = build_runtime(config, layout, OptimConfig(), total_steps=1, seed=11)
+    runtime.load_weights_sharded(phase_dir / "final" / "shards", parent_head="lm")   # each rank its own regions
     logits = runtime.logits(ids)
     keep = logits is not None and runtime.state.tp_rank == 0 and runtime.state.dp_rank == 0
     return logits if keep else None

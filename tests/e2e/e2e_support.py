@@ -203,7 +203,13 @@ def last_per_step(events: list[dict], keys: Sequence[str]) -> dict[int, dict]:
 
 
 def final_weights(run_dir: Path, phase: str) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / phase / "final" / "model.pt", map_location="cpu", weights_only=True)
+    """A phase's handed-on weights as one plain state dict, read back from every rank's shards
+    (the test's independent view: no phase ever assembles this dict)."""
+    from orchestrator.handoff.final import FINAL_WEIGHTS, read_tensor
+    from orchestrator.handoff.sharded import ShardedReader
+
+    reader = ShardedReader(run_dir / phase / FINAL_WEIGHTS)
+    return {name: read_tensor(reader, name, sources[0].region.global_shape) for name, sources in reader.sources.items()}
 
 
 def assert_same_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:

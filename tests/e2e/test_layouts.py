@@ -63,7 +63,7 @@ def test_pretraining_runs_under_a_two_rank_layout_and_matches_one_process(layout
     steps = len(one_process) if layout == "zero2" else COMPARABLE_STEPS
     assert [e["loss"] for e in ours[:steps]] == pytest.approx([e["loss"] for e in one_process[:steps]], rel=1e-5)
     assert ours[-1]["loss"] < ours[0]["loss"]
-    # the consolidated weights are one plain GPT whatever the layout: they load into one process
+    # the sharded final weights read back as one plain GPT whatever the layout: they load into one process
     config = from_dict(GPTConfig, done.model, "manifest.model")
     plain_gpt(config, e2e.final_weights(run.run_dir, "pretrain"))
 

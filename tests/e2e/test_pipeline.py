@@ -61,7 +61,7 @@ def test_status_and_report_read_the_finished_pipeline(tiny_pipeline, tmp_path, c
     assert main(["status", str(run_dir), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["phase"], r["status"], r["checkpoint"]) for r in rows] == \
-        [(phase, "complete", "final/model.pt") for phase in PHASES]
+        [(phase, "complete", "final/shards") for phase in PHASES]
     assert [next(iter(r["metric"])) for r in rows] == ["eval_loss", "eval_loss", "pairwise_accuracy", "oracle_score"]
     assert main(["status", str(run_dir)]) == 0
     table = capsys.readouterr().out

@@ -56,7 +56,7 @@ def test_a_truncated_resume_checkpoint_is_refused_by_its_hash_naming_the_file(pr
 @pytest.mark.e2e
 def test_an_edited_final_checkpoint_is_refused_when_the_next_phase_starts(prepared, tiny_pipeline, capsys):
     run_dir = e2e.copy_run(tiny_pipeline.run_dir, prepared.root / "edited-final", phases=["pretrain"])
-    weights = run_dir / "pretrain" / "final" / "model.pt"
+    weights = run_dir / "pretrain" / "final" / "shards" / "rank00000.safetensors"     # one rank's shard
     size = weights.stat().st_size
     e2e.flip_byte(weights)
     expected = (f"file {weights} ({size} bytes) does not match its recorded sha256 (truncated or edited)",

@@ -2,7 +2,7 @@
 exactly where the uninterrupted run of the same seed ends.
 
 "Exactly": every logged train loss, learning rate and gradient norm, the eval and final metrics,
-and every tensor of ``final/model.pt`` are bit-for-bit equal. Nothing random is left unsaved (the
+and every tensor of the handed-on ``final/shards`` are bit-for-bit equal. Nothing random is left unsaved (the
 data position, the Python/NumPy/torch RNG states, the optimizer and ZeRO partitions are in the
 checkpoint) and both runs use one thread per rank, so fp32 round-off is the same too.
 """

@@ -40,7 +40,7 @@ def bf16_runtime(zero: int, *, grad_accum: int, **kwargs):
     (2, "DeepSpeedZeroOptimizer", "gradient_accumulation_dtype"),
     (3, "DeepSpeedZeroOptimizer_Stage3", "gradient_accumulation_dtype"),
 ])
-def test_bf16_trains_with_fp32_accumulation_and_hands_on_the_fp32_masters(zero, optimizer, accumulates_in):
+def test_bf16_trains_with_fp32_accumulation_and_hands_on_the_fp32_masters(zero, optimizer, accumulates_in, tmp_path):
     grad_accum = 1 if zero == 0 else 4
     rt = bf16_runtime(zero, grad_accum=grad_accum)
     assert type(rt.engine.optimizer).__name__ == optimizer
@@ -53,8 +53,10 @@ def test_bf16_trains_with_fp32_accumulation_and_hands_on_the_fp32_masters(zero, 
     assert all(t.dtype == torch.float32 for t in state.values())
     rounded = {k: t.to(torch.bfloat16).float() for k, t in state.items()}
     assert any(not torch.equal(state[k], rounded[k]) for k in state)       # more than the bf16 rounding
-    child = bf16_runtime(zero, grad_accum=grad_accum, init_state=state)     # … and the child starts from them
-    again = child.consolidated_state_dict()
+    rt.save_weights_sharded(tmp_path / "final")                            # what a phase hands on
+    child = bf16_runtime(zero, grad_accum=grad_accum)                       # … and the child starts from them
+    child.load_weights_sharded(tmp_path / "final", parent_head="lm")
+    again = child.consolidated_state_dict()                                # (the gather: an independent reference)
     assert all(torch.equal(again[k], state[k]) for k in state)
 
 
@@ -71,12 +73,13 @@ def test_the_ds_config_asks_for_fp32_accumulation_only_where_deepspeed_supports_
     assert "data_types" not in build_ds_config(Layout(zero_stage=2, dp=1), model=tiny, precision="fp32")
 
 
-def test_kl_to_the_reference_is_exactly_zero_at_ppo_step_1_in_bf16():
+def test_kl_to_the_reference_is_exactly_zero_at_ppo_step_1_in_bf16(tmp_path):
     sft = bf16_runtime(2, grad_accum=1)
     sft.train_step(batches(1))
-    state = sft.consolidated_state_dict()          # the fp32 masters, as SFT hands them to PPO
-    actor = bf16_runtime(2, grad_accum=1, init_state=state)
-    reference = frozen_model(get_model("tiny"), head="lm", state=state, device=actor.device, dtype=actor.dtype)
+    sft.save_weights_sharded(tmp_path)             # the fp32 masters, as SFT hands them to PPO
+    actor = bf16_runtime(2, grad_accum=1)
+    actor.load_weights_sharded(tmp_path, parent_head="lm")
+    reference = frozen_model(get_model("tiny"), head="lm", shards=tmp_path, device=actor.device, dtype=actor.dtype)
     prompts = torch.randint(3, 64, (4, 6), generator=torch.Generator().manual_seed(3))
     batch = {"input_ids": prompts, "attention_mask": torch.ones_like(prompts)}
     rollout = sample_rollout(actor, batch, sampling=SamplingConfig(max_new_tokens=8), seed=(5,), eos_id=0, pad_id=1)

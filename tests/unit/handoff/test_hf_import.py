@@ -63,7 +63,12 @@ def exported_folder(config, tokenizer, path, **state_args):
 
 
 def imported_state(run_dir):
-    return torch.load(run_dir / "pretrain" / "final" / "model.pt", weights_only=True)
+    """The imported phase's weights as a plain state dict (read back from its shard file)."""
+    from orchestrator.handoff.final import FINAL_WEIGHTS, read_tensor
+    from orchestrator.handoff.sharded import ShardedReader
+
+    reader = ShardedReader(run_dir / "pretrain" / FINAL_WEIGHTS)
+    return {name: read_tensor(reader, name, sources[0].region.global_shape) for name, sources in reader.sources.items()}
 
 
 def hf_logits(model, ids):
@@ -137,8 +142,8 @@ def test_the_phase_is_a_complete_verified_pretrain_with_its_source(tokenizer, tm
     info = tokenizer_info(tmp_path / "run" / "data" / "tokenizer")
     assert manifest.status == "complete" and manifest.head == "lm" and manifest.parents == ()
     assert (manifest.tokenizer_hash, manifest.pad_id, manifest.eos_id) == (info.tokenizer_hash, info.pad_id, info.eos_id)
-    assert manifest.tokenizer_dir == "data/tokenizer" and manifest.checkpoint == "final/model.pt"
-    assert set(manifest.files) == {"final/model.pt", "model.yaml"}
+    assert manifest.tokenizer_dir == "data/tokenizer" and manifest.checkpoint == "final/shards"
+    assert set(manifest.files) == {"final/shards/rank00000.safetensors", "final/shards/rank00000.json", "model.yaml"}
     assert manifest.source.kind == "hf" and manifest.source.architecture == "GPT2LMHeadModel"
     assert manifest.source.files == folder_hashes(folder) and "config.json" in manifest.source.files
     assert (result.model.n_layers, result.model.d_model, result.model.n_heads, result.model.d_head,

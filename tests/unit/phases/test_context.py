@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config.run import RunConfig
-from orchestrator.phases.context import PhaseContext, load_run_tokenizer, parent_state
+from orchestrator.phases.context import PhaseContext, load_run_tokenizer, parent_shards
 
 
 def context(tmp_path: Path, phase: str) -> PhaseContext:
@@ -22,11 +22,11 @@ def test_a_parent_is_verified_with_the_head_this_phase_expects_of_it(tmp_path, m
     from orchestrator.phases import outputs
 
     seen = {}
-    monkeypatch.setattr(outputs, "parent_weights", lambda run_dir, **kwargs: seen.update(kwargs) or {})
+    monkeypatch.setattr(outputs, "parent_shards", lambda run_dir, **kwargs: seen.update(kwargs) or run_dir)
 
     class Tokenizer:
         class info:
             tokenizer_hash = "abc"
 
-    parent_state(context(tmp_path, phase), parent=parent, tokenizer=Tokenizer())
+    parent_shards(context(tmp_path, phase), parent=parent, tokenizer=Tokenizer())
     assert (seen["parent"], seen["head"], seen["tokenizer_hash"]) == (parent, head, "abc")

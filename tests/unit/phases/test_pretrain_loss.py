@@ -47,16 +47,18 @@ def test_fewer_held_out_blocks_than_asked_uses_them_all():
     assert eval_micro_batch(64, 24) == 16 and eval_micro_batch(7, 4) == 1
 
 
-def test_a_state_dict_measures_the_mean_token_loss_and_a_scalar_head_is_read_as_its_trunk():
+def test_sharded_weights_measure_the_mean_token_loss_and_a_scalar_head_is_read_as_its_trunk(tmp_path):
     from orchestrator.config.model import get_model
     from orchestrator.model.loss import lm_loss
     from orchestrator.model.params import initial_value, plain_parameter_shapes
+    from orchestrator.handoff.final import write_whole_tensors
     from orchestrator.phases.outputs import frozen_model
 
     config = get_model("tiny")
     weights = {name: initial_value(name, shape, config=config, seed=0)
                for name, shape in plain_parameter_shapes(config, head="lm").items()}
-    model = frozen_model(config, head="lm", state=weights, device=torch.device("cpu"), dtype=torch.float32)
+    write_whole_tensors(tmp_path / "lm", weights.items())
+    model = frozen_model(config, head="lm", shards=tmp_path / "lm", device=torch.device("cpu"), dtype=torch.float32)
     data = SimpleNamespace(eval_order=SimpleNamespace(empty=False, epoch_length=lambda epoch: 8))
     ids = torch.randint(0, config.vocab, (8, 17))
     data.blocks = lambda *, order, start, count, split: {"input_ids": ids[start:start + count, :-1],
@@ -66,4 +68,6 @@ def test_a_state_dict_measures_the_mean_token_loss_and_a_scalar_head_is_read_as_
     with torch.no_grad():
         expected = float(lm_loss(model(ids[:, :-1]).logits, ids[:, 1:]))
     state = {**weights, "value_head.weight": torch.zeros(1, config.d_model), "value_head.bias": torch.zeros(1)}
-    assert loss.of_state(state, config, device=torch.device("cpu"), micro_batch=3) == pytest.approx(expected, rel=1e-5)
+    write_whole_tensors(tmp_path / "scalar", state.items())
+    assert loss.of_shards(tmp_path / "scalar", config, device=torch.device("cpu"), micro_batch=3) == \
+        pytest.approx(expected, rel=1e-5)
