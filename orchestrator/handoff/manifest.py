@@ -195,6 +195,10 @@ def architecture_diff(expected: dict, found: dict) -> list[str]:
             if key in expected and expected.get(key) != found.get(key)]
 
 
+LEGACY_FINAL_WEIGHTS = "final/model.pt"
+"""What phases handed on before the sharded handoff: the whole model gathered on rank 0."""
+
+
 def verify_parent(run_dir: Path | str, *, parent_phase: str, expect_head: Head, expect_model: Optional[dict],
                   expect_tokenizer_hash: Optional[str], share: tuple[int, int] = (0, 1)) -> Manifest:
     """The parent's manifest, once its status, files, architecture, tokenizer and head all check out.
@@ -210,6 +214,10 @@ def verify_parent(run_dir: Path | str, *, parent_phase: str, expect_head: Head, 
     if manifest.head != expect_head:
         raise HandoffError(f"the {label} checkpoint in {directory} has a {manifest.head} head, expected "
                            f"{expect_head}: {hint}")
+    if manifest.checkpoint == LEGACY_FINAL_WEIGHTS:
+        raise HandoffError(f"the {label} checkpoint in {directory} is one consolidated {LEGACY_FINAL_WEIGHTS}, written "
+                           f"by an earlier release; phases now hand their weights on as every rank's shards "
+                           f"(final/shards): delete {directory} and {hint}")
     diff = architecture_diff(expect_model or {}, manifest.model)
     if diff:
         raise HandoffError(f"the {label} checkpoint in {directory} has a different model ({'; '.join(diff)}): "

@@ -129,3 +129,16 @@ def test_write_manifest_is_atomic_and_leaves_no_temporary_files(tmp_path):
     write_manifest(tmp_path, dataclasses.replace(manifest, step=5))
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
     assert read_manifest(tmp_path).step == 5
+
+
+def test_a_parent_from_an_earlier_release_with_consolidated_weights_is_refused_with_the_fix(tmp_path):
+    directory = tmp_path / "pretrain"
+    (directory / "final").mkdir(parents=True)
+    (directory / "final" / "model.pt").write_bytes(b"weights")
+    manifest = start_manifest(tmp_path, phase="pretrain", model=MODEL, tokenizer_hash="tok" * 10, pad_id=0, eos_id=1,
+                              head="lm", layout={"tp": 1, "pp": 1, "dp": 1}, tokenizer_dir="data/tokenizer")
+    write_manifest(directory, complete_manifest(manifest, directory, step=30, checkpoint="final/model.pt",
+                                                metrics={}, artifacts=[]))
+    with pytest.raises(HandoffError, match=rf"one consolidated final/model.pt, written by an earlier release.*"
+                                           rf"final/shards\): delete {directory} and run `orchestrate run"):
+        expect(tmp_path)
