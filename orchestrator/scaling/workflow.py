@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -118,7 +118,8 @@ def epoch_warnings(setup: Setup, train_tokens: Optional[int]) -> list[str]:
 
 def train_all(setup: Setup, *, train_target: bool, entry_module: str, with_data: bool, out: IO[str]) -> int:
     """Every rung (and the target) as a pretrain phase job, ``scaling.jobs`` at a time; the first
-    failure's exit code, or 0 (the runs already under way finish first)."""
+    failure's exit code, or 0. One at a time a failure stops the ladder; side by side every run is
+    still tried (each is skipped or resumed on the rerun either way)."""
     shared = setup.run_dir / "data" if with_data else None
     if with_data and (code := prepare_shared_data(setup.base, setup.run_dir, out)) != 0:
         return code
